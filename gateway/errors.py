@@ -1,0 +1,121 @@
+"""The gateway's refusals: one class per contract error code.
+
+    GatewayError                       every refusal a client can see
+    ├── IdempotencyKeyMissing          400  side-effecting call without a key
+    ├── IdempotencyKeyInvalid          400  malformed key, or argument and _meta disagree
+    ├── InvalidArguments               400  arguments fail the downstream inputSchema
+    ├── IdempotencyKeyConflict         422  key used before for another tool/arguments
+    ├── IdempotencyKeyInProgress       409  the first call is still running
+    ├── OutcomeUnknown                 409  the call was sent and its outcome never learned
+    ├── IdempotencyKeyExpired          410  retention ended, expired = "reject"
+    ├── StoreUnavailable               503  fail closed: nothing ran
+    └── DownstreamUnavailable          502  not sent; the key is released
+
+Each carries the contract's ``code``, ``http_status`` and a sentence telling the agent what
+to do next. ``server.errors`` turns them into tool results, in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    """A refusal: nothing ran downstream because of this call."""
+
+    code: ClassVar[str] = "gateway_error"
+    http_status: ClassVar[int] = 500
+    audit_outcome: ClassVar[str] = "invalid"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"code": self.code, "http_status": self.http_status, "message": self.message, **self.extra}
+
+
+class IdempotencyKeyMissing(GatewayError):
+    """A side-effecting tool was called without a key."""
+
+    code = "idempotency_key_missing"
+    http_status = 400
+    audit_outcome = "missing_key"
+
+
+class IdempotencyKeyInvalid(GatewayError):
+    """The key is malformed, or the argument and ``_meta`` disagree."""
+
+    code = "idempotency_key_invalid"
+    http_status = 400
+    audit_outcome = "invalid"
+
+
+class InvalidArguments(GatewayError):
+    """The arguments fail the downstream tool's inputSchema."""
+
+    code = "invalid_arguments"
+    http_status = 400
+    audit_outcome = "invalid"
+
+
+class IdempotencyKeyConflict(GatewayError):
+    """The key was used before for another tool or other arguments."""
+
+    code = "idempotency_key_conflict"
+    http_status = 422
+    audit_outcome = "conflict"
+
+
+class IdempotencyKeyInProgress(GatewayError):
+    """A call with this key is still running."""
+
+    code = "idempotency_key_in_progress"
+    http_status = 409
+    audit_outcome = "in_progress"
+
+
+class OutcomeUnknown(GatewayError):
+    """The call reached the downstream and its outcome was never learned."""
+
+    code = "outcome_unknown"
+    http_status = 409
+    audit_outcome = "unknown"
+
+
+class IdempotencyKeyExpired(GatewayError):
+    """Retention ended and the tool rejects expired keys."""
+
+    code = "idempotency_key_expired"
+    http_status = 410
+    audit_outcome = "expired"
+
+
+class StoreUnavailable(GatewayError):
+    """The store cannot be reached: fail closed."""
+
+    code = "store_unavailable"
+    http_status = 503
+    audit_outcome = "store_unavailable"
+
+
+class DownstreamUnavailable(GatewayError):
+    """The downstream could not be reached before the call was sent."""
+
+    code = "downstream_unavailable"
+    http_status = 502
+    audit_outcome = "downstream_unavailable"
+
+
+ALL_ERRORS: tuple[type[GatewayError], ...] = (
+    IdempotencyKeyMissing,
+    IdempotencyKeyInvalid,
+    InvalidArguments,
+    IdempotencyKeyConflict,
+    IdempotencyKeyInProgress,
+    OutcomeUnknown,
+    IdempotencyKeyExpired,
+    StoreUnavailable,
+    DownstreamUnavailable,
+)

@@ -1,0 +1,14 @@
+"""Manifest files → validated policy. Reads files, nothing else."""
+
+from gateway.manifests.loader import ManifestError, ManifestErrors, load_manifests
+from gateway.manifests.models import KEY_ARGUMENT, ForwardKey, ServerSpec, ToolPolicy
+
+__all__ = [
+    "KEY_ARGUMENT",
+    "ForwardKey",
+    "ManifestError",
+    "ManifestErrors",
+    "ServerSpec",
+    "ToolPolicy",
+    "load_manifests",
+]

@@ -1,0 +1,69 @@
+"""Validated policy: what the loader hands to the rest of the gateway.
+
+Everything here is plain, frozen data. Durations are seconds (float). Paths are absolute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+KEY_ARGUMENT = "idempotency_key"
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardKey:
+    """How a tool receives the idempotency key downstream."""
+
+    kind: Literal["argument", "meta", "header"]
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPolicy:
+    """One tool's idempotency policy: `[defaults]` with the tool's own table laid over it."""
+
+    side_effects: bool | None = None  # None = "auto": decided from annotations at list time
+    retention: float = 24 * 3600.0
+    in_flight: Literal["wait", "reject"] = "wait"
+    wait: float = 30.0
+    store_errors: bool = True
+    expired: Literal["execute", "reject"] = "execute"
+    cancel: Literal["finish", "forward"] = "finish"
+    fingerprint_exclude: tuple[str, ...] = ()
+    forward_key: ForwardKey | None = None
+    redact: tuple[str, ...] = ()
+    key_from: str | None = None
+    cost: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """One downstream MCP server and the policy for its tools."""
+
+    name: str
+    source: Path  # the manifest file it came from
+    transport: Literal["stdio", "http"] = "stdio"
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # already expanded
+    cwd: Path | None = None
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # already expanded
+    tool_prefix: str = ""
+    timeout: float = 30.0
+    expose: Literal["all", "listed"] = "all"
+    defaults: ToolPolicy = field(default_factory=ToolPolicy)
+    tools: dict[str, ToolPolicy] = field(default_factory=dict)  # keyed by downstream tool name
+
+    def policy_for(self, downstream_name: str) -> ToolPolicy:
+        return self.tools.get(downstream_name, self.defaults)
+
+    def exposes(self, downstream_name: str) -> bool:
+        return self.expose == "all" or downstream_name in self.tools
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in events, logs or error messages."""
+        return tuple(v for v in (*self.env.values(), *self.headers.values()) if v)

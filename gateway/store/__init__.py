@@ -1,0 +1,13 @@
+"""Durable records and audit events, behind a small interface (``base.Store``)."""
+
+from gateway.store.base import Store
+from gateway.store.records import Claim, ClaimResult, Event, EventQuery, Record, RecordState
+
+__all__ = ["Claim", "ClaimResult", "Event", "EventQuery", "Record", "RecordState", "Store", "open_store"]
+
+
+def open_store(url: str, **kwargs: object) -> Store:
+    """A store for a SQLAlchemy URL (``sqlite:///...`` or ``postgresql+psycopg://...``)."""
+    from gateway.store.sql import SqlStore
+
+    return SqlStore(url, **kwargs)  # type: ignore[arg-type]
