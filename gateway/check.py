@@ -1,0 +1,73 @@
+"""``idem-gateway check``: every manifest error at once, then every downstream's exposed tools."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from gateway.downstream import DownstreamPool
+from gateway.manifests import ManifestErrors, load_manifests
+from gateway.manifests.loader import check_exposed_names
+from gateway.server.catalog import Catalog
+
+
+def _fmt_seconds(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds * 1000)}ms"
+
+
+def table(rows: list[list[str]]) -> str:
+    """Aligned columns for people."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+async def run_check(folder: Path, *, start_timeout: float = 20.0) -> int:
+    try:
+        specs = load_manifests(folder)
+    except ManifestErrors as errors:
+        for error in errors.errors:
+            print(f"error: {error}", file=sys.stderr)
+        print(f"{len(errors.errors)} error(s) in {folder}", file=sys.stderr)
+        return 1
+
+    problems: list[str] = []
+    async with DownstreamPool(specs, start_timeout=start_timeout) as pool:
+        for name, session in pool.sessions.items():
+            if not session.ready:
+                problems.append(f"{session.spec.source.name}: server: downstream {name!r} did not start")
+        catalog = Catalog({n: (s.spec, s) for n, s in pool.sessions.items()})
+        tools_by_server = {n: [str(t["name"]) for t in s.tools] for n, s in pool.sessions.items()}
+        problems.extend(str(e) for e in check_exposed_names(specs, tools_by_server))
+        for server, lacking in catalog.missing().items():
+            spec = pool.sessions[server].spec
+            for tool in lacking:
+                problems.append(f"{spec.source.name}: tools.{tool}: the downstream does not offer this tool")
+        rows = [["TOOL", "SERVER", "CLASS", "RETENTION", "FORWARD_KEY", "IN_FLIGHT", "CANCEL"]]
+        for tool in sorted(catalog.all(), key=lambda t: t.name):
+            p = tool.policy
+            fk = (
+                f"{p.forward_key.kind}:{p.forward_key.name}"
+                if p.forward_key
+                else ("native" if tool.native else "-")
+            )
+            rows.append(
+                [
+                    tool.name,
+                    tool.spec.name,
+                    "side-effecting" if tool.side_effects else "read-only",
+                    _fmt_seconds(p.retention) if tool.side_effects else "-",
+                    fk if tool.side_effects else "-",
+                    p.in_flight if tool.side_effects else "-",
+                    p.cancel if tool.side_effects else "forward",
+                ]
+            )
+    print(table(rows))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} error(s)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,99 @@
+"""Payload fingerprints: SHA-256 over RFC 8785 (JCS) canonical JSON.
+
+Canonical JSON makes the fingerprint independent of key order, of ``1`` vs ``1.0`` and of
+string escaping, so a client that re-serialises its retry differently is not refused as a
+conflict; ``null`` and an absent field stay different, as they can mean different things.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+_MAX_SAFE_INT = 2**53
+
+
+def canonical_json(value: Any) -> str:
+    """Serialise ``value`` per RFC 8785 (JSON Canonicalization Scheme)."""
+    parts: list[str] = []
+    _write(value, parts)
+    return "".join(parts)
+
+
+def fingerprint(tool: str, arguments: Mapping[str, Any], exclude: Iterable[str] = ()) -> str:
+    """The hex SHA-256 of the canonical ``{"arguments": ..., "tool": ...}``, less ``exclude``."""
+    dropped = set(exclude)
+    kept = {k: v for k, v in arguments.items() if k not in dropped}
+    return hashlib.sha256(canonical_json({"tool": tool, "arguments": kept}).encode("utf-8")).hexdigest()
+
+
+def _write(value: Any, out: list[str]) -> None:
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, str):
+        out.append(json.dumps(value, ensure_ascii=False))
+    elif isinstance(value, int):
+        out.append(str(value) if abs(value) < _MAX_SAFE_INT else _number(float(value)))
+    elif isinstance(value, float):
+        out.append(_number(value))
+    elif isinstance(value, Mapping):
+        out.append("{")
+        for i, key in enumerate(sorted(value, key=_utf16_key)):
+            if not isinstance(key, str):
+                raise TypeError(f"object keys must be strings, not {type(key).__name__}")
+            if i:
+                out.append(",")
+            out.append(json.dumps(key, ensure_ascii=False))
+            out.append(":")
+            _write(value[key], out)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _write(item, out)
+        out.append("]")
+    else:
+        raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _utf16_key(key: str) -> bytes:
+    # RFC 8785 orders properties by their UTF-16 code units, not by code points.
+    return key.encode("utf-16-be")
+
+
+def _number(x: float) -> str:
+    """ECMAScript Number.prototype.toString, which RFC 8785 prescribes."""
+    if math.isnan(x) or math.isinf(x):
+        raise ValueError("NaN and Infinity are not JSON")
+    if x == 0:
+        return "0"
+    sign = "-" if x < 0 else ""
+    # repr gives the shortest round-tripping digits, as ECMAScript does; re-lay them out.
+    mantissa, _, exp_text = repr(abs(x)).partition("e")
+    exp = int(exp_text) if exp_text else 0
+    whole, _, frac = mantissa.partition(".")
+    digits = (whole + frac).lstrip("0")
+    # n: the position of the decimal point relative to the digits (value = 0.d1d2... * 10^n)
+    n = len(whole.lstrip("0")) + exp if whole.strip("0") else exp - (len(frac) - len(frac.lstrip("0")))
+    digits = digits.rstrip("0") or "0"
+    k = len(digits)
+    if k <= n <= 21:
+        text = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        text = digits[:n] + "." + digits[n:]
+    elif -6 < n <= 0:
+        text = "0." + "0" * (-n) + digits
+    else:
+        e = n - 1
+        exp_str = f"e{'+' if e >= 0 else '-'}{abs(e)}"
+        text = digits[0] + ("." + digits[1:] if k > 1 else "") + exp_str
+    return sign + text

@@ -1,0 +1,239 @@
+"""The gateway's MCP face: the low-level ``Server`` whose handlers come from manifests.
+
+``Gateway`` owns the long-lived parts (store, downstream pool, guard, background lease renewal
+and sweeping) under one task group; ``Gateway.server()`` builds the handlers that every
+transport (stdio, streamable HTTP) serves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, Protocol
+
+import anyio
+import mcp_types as types
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+
+from gateway import __version__
+from gateway.downstream import DownstreamPool, DownstreamSession
+from gateway.idempotency.guard import Guard, utcnow
+from gateway.manifests.models import ServerSpec
+from gateway.server.call_tool import call_tool
+from gateway.server.catalog import Catalog
+from gateway.store.base import Store
+from gateway.store.records import Event
+
+logger = logging.getLogger(__name__)
+
+PRINCIPAL_SCOPE_KEY = "idem_gateway.principal"
+INSTRUCTIONS = (
+    "idem-gateway proxies tools and makes retries safe. Side-effecting tools need an "
+    "idempotency_key: one new key per intended action, the same key for every retry of it, "
+    "never one key for two actions. After outcome_unknown, read audit://keys/{key} instead of "
+    "minting a new key."
+)
+
+
+class ResourceProvider(Protocol):
+    """Resources the gateway serves itself (the audit trail), next to the downstreams' own."""
+
+    def resources(self) -> list[dict[str, Any]]: ...
+
+    def templates(self) -> list[dict[str, Any]]: ...
+
+    def handles(self, uri: str) -> bool: ...
+
+    async def read(self, principal: str, uri: str) -> dict[str, Any]: ...
+
+
+class Gateway:
+    """Store + downstreams + guard, and the MCP handlers over them."""
+
+    def __init__(
+        self,
+        specs: Sequence[ServerSpec],
+        store: Store,
+        *,
+        principal: str = "local",
+        lease_ttl: float = 10.0,
+        sweep_interval: float = 60.0,
+        start_timeout: float = 10.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.specs = list(specs)
+        self.store = store
+        self.principal = principal
+        self.sweep_interval = sweep_interval
+        self.start_timeout = start_timeout
+        self.clock = clock
+        self.guard = Guard(store, clock=clock, lease_ttl=lease_ttl)
+        self.pool: DownstreamPool | None = None
+        self.catalog: Catalog | None = None
+        self.providers: list[ResourceProvider] = []
+        self.prompts: dict[str, tuple[dict[str, Any], Callable[[dict[str, str]], dict[str, Any]]]] = {}
+        self.on_event: list[Callable[[Event], Awaitable[None]]] = []
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Gateway]:
+        """Open the store, start every downstream, renew leases and sweep until exit."""
+        await self.store.open()
+        try:
+            async with DownstreamPool(self.specs, start_timeout=self.start_timeout) as pool:
+                self.pool = pool
+                self.catalog = Catalog({name: (s.spec, s) for name, s in pool.sessions.items()})
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self.guard.renew_leases)
+                    tg.start_soon(self._sweep)
+                    try:
+                        yield self
+                    finally:
+                        tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.store.close()
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                deleted = await self.store.purge(self.clock())
+                if deleted:
+                    logger.info("swept %d expired records", deleted)
+            except Exception as exc:  # the sweeper must outlive a store outage
+                logger.error("sweep failed: %s", exc)
+            await anyio.sleep(self.sweep_interval)
+
+    def session(self, server: str) -> DownstreamSession:
+        assert self.pool is not None
+        return self.pool.sessions[server]
+
+    def principal_of(self, ctx: ServerRequestContext[Any, Any]) -> str:
+        """The caller: set by the HTTP auth middleware in the ASGI scope; over stdio, --principal."""
+        scope = getattr(ctx.request, "scope", None)
+        if isinstance(scope, dict):
+            principal = scope.get(PRINCIPAL_SCOPE_KEY)
+            if isinstance(principal, str):
+                return principal
+        return self.principal
+
+    async def record(self, event: Event) -> None:
+        await self.store.append_event(event)
+
+    # ---- handlers ----------------------------------------------------------------------------
+
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> dict[str, Any]:
+        assert self.catalog is not None
+        return {"tools": [t.listed for t in self.catalog.all()]}
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> dict[str, Any]:
+        assert self.catalog is not None
+        tool = self.catalog.get(params.name)
+        if tool is None:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
+        meta = params.meta.model_dump(by_alias=True) if params.meta is not None else None
+        return await call_tool(
+            tool,
+            params.arguments or {},
+            meta,
+            principal=self.principal_of(ctx),
+            session=self.session(tool.spec.name),
+            guard=self.guard,
+            audit=self.record,
+        )
+
+    async def list_resources(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> dict[str, Any]:
+        out: list[dict[str, Any]] = [r for p in self.providers for r in p.resources()]
+        for s in self._ready_sessions():
+            out.extend(await s.list_resources())
+        return {"resources": out}
+
+    async def list_resource_templates(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> dict[str, Any]:
+        out: list[dict[str, Any]] = [t for p in self.providers for t in p.templates()]
+        for s in self._ready_sessions():
+            out.extend(await s.list_resource_templates())
+        return {"resourceTemplates": out}
+
+    async def read_resource(
+        self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+    ) -> dict[str, Any]:
+        uri = str(params.uri)
+        for provider in self.providers:
+            if provider.handles(uri):
+                return await provider.read(self.principal_of(ctx), uri)
+        owner = await self._resource_owner(uri)
+        if owner is None:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown resource: {uri}")
+        return await owner.read_resource(uri)
+
+    async def _resource_owner(self, uri: str) -> DownstreamSession | None:
+        sessions = self._ready_sessions()
+        for s in sessions:
+            if any(r.get("uri") == uri for r in await s.list_resources()):
+                return s
+        # A templated URI: the first server whose template scheme matches.
+        for s in sessions:
+            for t in await s.list_resource_templates():
+                prefix = str(t.get("uriTemplate", "")).split("{", 1)[0]
+                if prefix and uri.startswith(prefix):
+                    return s
+        return None
+
+    async def list_prompts(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> dict[str, Any]:
+        out = [p for p, _ in self.prompts.values()]
+        for s in self._ready_sessions():
+            out.extend(await s.list_prompts())
+        return {"prompts": out}
+
+    async def get_prompt(
+        self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
+    ) -> dict[str, Any]:
+        own = self.prompts.get(params.name)
+        if own is not None:
+            return own[1](params.arguments or {})
+        for s in self._ready_sessions():
+            if any(p.get("name") == params.name for p in await s.list_prompts()):
+                return await s.get_prompt(params.name, params.arguments)
+        raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
+
+    def _ready_sessions(self) -> list[DownstreamSession]:
+        assert self.pool is not None
+        return [s for s in self.pool.sessions.values() if s.ready]
+
+    def server(self) -> Server[Any]:
+        """The low-level server with this gateway's handlers, for any transport."""
+        server: Server[Any] = Server(
+            "idem-gateway",
+            version=__version__,
+            instructions=INSTRUCTIONS,
+            on_list_tools=self.list_tools,  # type: ignore[arg-type]
+            on_call_tool=self.call_tool,  # type: ignore[arg-type]
+            on_list_resources=self.list_resources,  # type: ignore[arg-type]
+            on_list_resource_templates=self.list_resource_templates,  # type: ignore[arg-type]
+            on_read_resource=self.read_resource,  # type: ignore[arg-type]
+            on_list_prompts=self.list_prompts,  # type: ignore[arg-type]
+            on_get_prompt=self.get_prompt,  # type: ignore[arg-type]
+            get_tool_input_schema=self._input_schema,
+        )
+        # Tracing middleware is a per-message cost this proxy does not need on its hot path.
+        server.middleware = []
+        return server
+
+    def _input_schema(self, name: str) -> dict[str, Any] | None:
+        tool = self.catalog.get(name) if self.catalog is not None else None
+        return tool.listed.get("inputSchema") if tool is not None else None

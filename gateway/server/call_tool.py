@@ -1,0 +1,150 @@
+"""One tools/call, start to finish: look up, refuse early, guard, send downstream, shape the result.
+
+catalog lookup → (read-only: validate → downstream) |
+(side-effecting: key → validate → fingerprint → guard.run(downstream call)) → result
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from jsonschema import exceptions as jsonschema_exceptions
+from mcp_types import SERVER_INFO_META_KEY
+
+from gateway.errors import GatewayError, InvalidArguments, StoreUnavailable
+from gateway.idempotency.fingerprint import fingerprint
+from gateway.idempotency.guard import Guard, Intent
+from gateway.idempotency.keys import extract_key, forwards_key
+from gateway.server.catalog import ExposedTool
+from gateway.server.errors import refusal_result
+from gateway.store.records import Event
+
+logger = logging.getLogger(__name__)
+
+REDACTED = "***"
+
+
+class Downstream(Protocol):
+    async def call_tool(
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        *,
+        meta: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float,
+    ) -> dict[str, Any]: ...
+
+
+SessionFor = Callable[[str], Downstream]
+AuditSink = Callable[[Event], Awaitable[None]]
+
+
+def redact(arguments: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """Arguments as the audit trail may keep them."""
+    if not fields:
+        return dict(arguments)
+    return {k: (REDACTED if k in fields else v) for k, v in arguments.items()}
+
+
+def _clean(result: dict[str, Any]) -> dict[str, Any]:
+    """Drop the downstream's own server identity stamp: the client talks to the gateway."""
+    meta = result.get("_meta")
+    if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
+        result = dict(result)
+        result["_meta"] = {k: v for k, v in meta.items() if k != SERVER_INFO_META_KEY}
+    return result
+
+
+def _check_arguments(tool: ExposedTool, arguments: Mapping[str, Any]) -> None:
+    error = jsonschema_exceptions.best_match(tool.validator.iter_errors(arguments))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
+        raise InvalidArguments(
+            f"The arguments do not match the tool's input schema at {where}: {error.message}. "
+            "Fix the arguments and call again; the same idempotency key may be reused.",
+            path=where,
+        )
+
+
+async def call_tool(
+    tool: ExposedTool,
+    arguments: Mapping[str, Any],
+    meta: Mapping[str, Any] | None,
+    *,
+    principal: str,
+    session: Downstream,
+    guard: Guard,
+    audit: AuditSink,
+) -> dict[str, Any]:
+    """Run one call through the gateway and return the CallToolResult dict the client gets."""
+    timeout = tool.spec.timeout
+    if not tool.side_effects:
+        # Read-only: no key, no record; cancellation flows straight through.
+        try:
+            _check_arguments(tool, arguments)
+            return _clean(await session.call_tool(tool.downstream_name, dict(arguments), timeout=timeout))
+        except GatewayError as error:
+            return refusal_result(error)
+
+    policy = tool.policy
+    try:
+        keyed = extract_key(arguments, meta, policy, native=tool.native)
+        _check_arguments(
+            tool, keyed.fingerprint_arguments | ({"idempotency_key": keyed.key} if tool.native else {})
+        )
+    except GatewayError as error:
+        await _record_refusal(audit, error, tool, principal, arguments)
+        return refusal_result(error)
+
+    intent = Intent(
+        principal=principal,
+        key=keyed.key,
+        server=tool.spec.name,
+        tool=tool.name,
+        fingerprint=fingerprint(tool.name, keyed.fingerprint_arguments, policy.fingerprint_exclude),
+        policy=policy,
+        arguments=redact(keyed.fingerprint_arguments, policy.redact),
+        forwards_key=forwards_key(policy, native=tool.native),
+        timeout=timeout,
+    )
+
+    async def execute() -> dict[str, Any]:
+        return await session.call_tool(
+            tool.downstream_name,
+            keyed.forward_arguments,
+            meta=keyed.forward_meta,
+            headers=keyed.forward_headers,
+            timeout=timeout,
+        )
+
+    try:
+        return _clean(await guard.run(intent, execute))
+    except StoreUnavailable as error:
+        logger.error("store unavailable, refusing %s: %s", tool.name, error)
+        return refusal_result(error)
+    except GatewayError as error:
+        return refusal_result(error)
+
+
+async def _record_refusal(
+    audit: AuditSink, error: GatewayError, tool: ExposedTool, principal: str, arguments: Mapping[str, Any]
+) -> None:
+    key = arguments.get("idempotency_key")
+    event = Event(
+        at=datetime.now(UTC),
+        principal=principal,
+        key=key if isinstance(key, str) and len(key) <= 255 else None,
+        server=tool.spec.name,
+        tool=tool.name,
+        outcome=error.audit_outcome,
+        arguments=redact({k: v for k, v in arguments.items() if k != "idempotency_key"}, tool.policy.redact),
+        detail={"code": error.code},
+    )
+    try:
+        await audit(event)
+    except StoreUnavailable as exc:
+        logger.error("could not record a refusal: %s", exc)
