@@ -62,7 +62,7 @@ def extract_key(
             _MESSAGE_ID_RE,
             policy.key_from,
         )
-        return _forward(key, args, args, policy, native=True)
+        return _forward(key, dict(args), args, policy, native=True)
 
     in_args = args.pop(KEY_ARGUMENT, None) if not native else args.get(KEY_ARGUMENT)
     in_meta = meta.get(META_KEY) if meta else None
