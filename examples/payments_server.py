@@ -1,0 +1,214 @@
+"""A small payments MCP server whose side effects can be counted.
+
+Every execution of a side-effecting tool appends one JSON line to the ledger
+(``$PAYMENTS_LEDGER``, default ``payments-ledger.jsonl`` in the working directory),
+flushed and fsynced before the tool returns: a test counts lines to know how many
+times something really ran. A few hooks make failure modes testable without sleeps:
+``slow_op`` holds a call mid-flight until a gate file appears, ``crash_op`` kills the
+process mid-call, ``fail_op`` returns a tool error.
+
+Run over stdio (default) or streamable HTTP: ``python payments_server.py --http PORT``.
+Logs go to stderr only; stdout is the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, TypedDict
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import (
+    BlobResourceContents,
+    CallToolResult,
+    EmbeddedResource,
+    ImageContent,
+    TextContent,
+    TextResourceContents,
+    ToolAnnotations,
+)
+
+logger = logging.getLogger("payments_server")
+
+GATE_POLL_SECONDS = 0.005
+GATE_LIMIT_SECONDS = 60.0
+# A 1x1 transparent PNG: small, valid, and binary.
+PIXEL_PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000100e5273fde0000000049454e44ae426082"
+    )
+).decode()
+
+mcp = MCPServer("payments", instructions="Invoices, e-mails and charges; every effect is in the ledger.")
+
+
+class Invoice(TypedDict):
+    """The structured result of ``create_invoice``."""
+
+    invoice_id: str
+    customer: str
+    amount: float
+    currency: str
+
+
+def ledger_path() -> Path:
+    return Path(os.environ.get("PAYMENTS_LEDGER", "payments-ledger.jsonl"))
+
+
+def append_ledger(tool: str, args: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Record one execution durably before anything is returned to the caller."""
+    line = {"tool": tool, "args": args, "pid": os.getpid(), "at": time.time(), **extra}
+    with ledger_path().open("a", encoding="utf-8") as f:
+        f.write(json.dumps(line, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return line
+
+
+def read_ledger() -> list[dict[str, Any]]:
+    path = ledger_path()
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@mcp.tool(description="Create an invoice for a customer.")
+def create_invoice(
+    customer: str,
+    amount: float,
+    currency: str = "EUR",
+    trace_id: str | None = None,
+    card_number: str | None = None,
+) -> Invoice:
+    invoice: Invoice = {
+        "invoice_id": f"inv_{uuid.uuid4().hex[:12]}",
+        "customer": customer,
+        "amount": amount,
+        "currency": currency,
+    }
+    args = {"customer": customer, "amount": amount, "currency": currency, "trace_id": trace_id}
+    if card_number is not None:
+        args["card_number"] = card_number
+    append_ledger("create_invoice", args, result=dict(invoice))
+    return invoice
+
+
+@mcp.tool(description="Send an e-mail.")
+def send_email(to: str, subject: str, body: str) -> str:
+    append_ledger("send_email", {"to": to, "subject": subject, "body": body})
+    return f"sent to {to}"
+
+
+@mcp.tool(description="Read one invoice.", annotations=ToolAnnotations(read_only_hint=True))
+def get_invoice(invoice_id: str) -> dict[str, Any]:
+    for line in read_ledger():
+        if line["tool"] == "create_invoice" and line.get("result", {}).get("invoice_id") == invoice_id:
+            return dict(line["result"])
+    raise ValueError(f"no invoice {invoice_id}")
+
+
+@mcp.tool(description="List every invoice.", annotations=ToolAnnotations(read_only_hint=True))
+def list_invoices() -> list[dict[str, Any]]:
+    return [dict(line["result"]) for line in read_ledger() if line["tool"] == "create_invoice"]
+
+
+@mcp.tool(description="Test hook: report this process's id (no side effect).")
+def whoami() -> dict[str, int]:
+    return {"pid": os.getpid()}
+
+
+@mcp.tool(description="Test hook: start, wait until gate_file exists, then finish.")
+async def slow_op(label: str, gate_file: str) -> str:
+    append_ledger("slow_op", {"label": label, "gate_file": gate_file}, phase="started")
+    gate = anyio.Path(gate_file)
+    with anyio.fail_after(GATE_LIMIT_SECONDS):
+        while not await gate.exists():  # noqa: ASYNC110 - the gate is a file another process creates
+            await anyio.sleep(GATE_POLL_SECONDS)
+    append_ledger("slow_op", {"label": label, "gate_file": gate_file}, phase="finished")
+    return f"finished {label}"
+
+
+@mcp.tool(description="Test hook: a tool that runs and reports failure.")
+def fail_op(reason: str) -> CallToolResult:
+    append_ledger("fail_op", {"reason": reason})
+    return CallToolResult(content=[TextContent(type="text", text=f"failed: {reason}")], is_error=True)
+
+
+@mcp.tool(description="Test hook: returns non-text content (an image and an embedded resource).")
+def image_op() -> CallToolResult:
+    append_ledger("image_op", {})
+    return CallToolResult(
+        content=[
+            ImageContent(type="image", data=PIXEL_PNG, mime_type="image/png"),
+            EmbeddedResource(
+                type="resource",
+                resource=TextResourceContents(uri="ledger://receipt", mime_type="text/plain", text="receipt"),
+            ),
+            EmbeddedResource(
+                type="resource",
+                resource=BlobResourceContents(uri="ledger://pixel", mime_type="image/png", blob=PIXEL_PNG),
+            ),
+        ]
+    )
+
+
+@mcp.tool(description="Test hook: the process dies mid-call, after its side effect.")
+def crash_op() -> str:
+    append_ledger("crash_op", {})
+    os._exit(1)
+
+
+@mcp.tool(description="Charge an amount; natively idempotent: the same key returns the same charge.")
+def native_charge(amount: float, idempotency_key: str) -> dict[str, Any]:
+    # The ledger is the dedupe state, so a restarted server still knows every key.
+    for line in read_ledger():
+        if line["tool"] == "native_charge" and line["args"].get("idempotency_key") == idempotency_key:
+            return dict(line["result"])
+    result = {"charge_id": f"ch_{uuid.uuid4().hex[:12]}", "amount": amount}
+    append_ledger("native_charge", {"amount": amount, "idempotency_key": idempotency_key}, result=result)
+    return result
+
+
+@mcp.tool(description="Test hook: the HTTP request headers this call arrived with (HTTP only).")
+def echo_headers(ctx: Context) -> dict[str, str]:
+    request = ctx.request_context.request
+    headers = getattr(request, "headers", None)
+    return {k.lower(): v for k, v in headers.items()} if headers is not None else {}
+
+
+@mcp.resource("ledger://summary", name="ledger-summary", mime_type="application/json")
+def ledger_summary() -> str:
+    counts: dict[str, int] = {}
+    for line in read_ledger():
+        counts[line["tool"]] = counts.get(line["tool"], 0) + 1
+    return json.dumps({"lines": sum(counts.values()), "by_tool": counts})
+
+
+@mcp.prompt(description="Ask for a dunning e-mail for one customer.")
+def dunning_letter(customer: str) -> str:
+    return f"Write a polite reminder to {customer} about their unpaid invoices."
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--http", type=int, metavar="PORT", help="serve streamable HTTP on 127.0.0.1:PORT")
+    options = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO)
+    if options.http is not None:
+        anyio.run(lambda: mcp.run_streamable_http_async(host="127.0.0.1", port=options.http))
+    else:
+        anyio.run(mcp.run_stdio_async)
+
+
+if __name__ == "__main__":
+    main()
