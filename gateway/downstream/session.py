@@ -211,7 +211,8 @@ class DownstreamSession:
 
     @property
     def ready(self) -> bool:
-        return self._state is State.READY
+        conn = self._conn
+        return self._state is State.READY and conn is not None and not conn.lost.is_set()
 
     @property
     def protocol_version(self) -> str | None:
@@ -260,7 +261,7 @@ class DownstreamSession:
                 try:
                     connected = await self._connect_and_serve()
                 except Exception as exc:  # boundary: any connect/transport failure means "down, retry"
-                    self.last_error = self._scrub(f"{type(exc).__name__}: {_describe(exc)}")
+                    self.last_error = self._scrub(_describe(exc))
                     logger.warning("downstream %s: connection failed: %s", self.name, self.last_error)
                 finally:
                     self._conn = None
@@ -515,4 +516,4 @@ def _describe(exc: BaseException) -> str:
     """A one-line reason, looking through the exception groups task groups wrap errors in."""
     if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         return _describe(exc.exceptions[0])
-    return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
