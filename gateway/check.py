@@ -34,7 +34,7 @@ async def run_check(folder: Path, *, start_timeout: float = 20.0) -> int:
         return 1
 
     problems: list[str] = []
-    async with DownstreamPool(specs, start_timeout=start_timeout) as pool:
+    async with DownstreamPool(specs, startup_timeout=start_timeout) as pool:
         for name, session in pool.sessions.items():
             if not session.ready:
                 problems.append(f"{session.spec.source.name}: server: downstream {name!r} did not start")
@@ -43,8 +43,8 @@ async def run_check(folder: Path, *, start_timeout: float = 20.0) -> int:
         problems.extend(str(e) for e in check_exposed_names(specs, tools_by_server))
         for server, lacking in catalog.missing().items():
             spec = pool.sessions[server].spec
-            for tool in lacking:
-                problems.append(f"{spec.source.name}: tools.{tool}: the downstream does not offer this tool")
+            for name in lacking:
+                problems.append(f"{spec.source.name}: tools.{name}: the downstream does not offer this tool")
         rows = [["TOOL", "SERVER", "CLASS", "RETENTION", "FORWARD_KEY", "IN_FLIGHT", "CANCEL"]]
         for tool in sorted(catalog.all(), key=lambda t: t.name):
             p = tool.policy

@@ -85,7 +85,7 @@ class Gateway:
         """Open the store, start every downstream, renew leases and sweep until exit."""
         await self.store.open()
         try:
-            async with DownstreamPool(self.specs, start_timeout=self.start_timeout) as pool:
+            async with DownstreamPool(self.specs, startup_timeout=self.start_timeout) as pool:
                 self.pool = pool
                 self.catalog = Catalog({name: (s.spec, s) for name, s in pool.sessions.items()})
                 async with anyio.create_task_group() as tg:
@@ -140,7 +140,7 @@ class Gateway:
         tool = self.catalog.get(params.name)
         if tool is None:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
-        meta = params.meta.model_dump(by_alias=True) if params.meta is not None else None
+        meta = dict(params.meta) if params.meta is not None else None
         return await call_tool(
             tool,
             params.arguments or {},

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from jsonschema import exceptions as jsonschema_exceptions
 from mcp_types import SERVER_INFO_META_KEY
 
+from gateway.downstream.errors import DownstreamError, DownstreamRejected
 from gateway.errors import GatewayError, InvalidArguments, StoreUnavailable
 from gateway.idempotency.fingerprint import fingerprint
 from gateway.idempotency.guard import Guard, Intent
@@ -89,6 +90,8 @@ async def call_tool(
             return _clean(await session.call_tool(tool.downstream_name, dict(arguments), timeout=timeout))
         except GatewayError as error:
             return refusal_result(error)
+        except DownstreamError as exc:
+            return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
 
     policy = tool.policy
     try:
@@ -113,13 +116,21 @@ async def call_tool(
     )
 
     async def execute() -> dict[str, Any]:
-        return await session.call_tool(
-            tool.downstream_name,
-            keyed.forward_arguments,
-            meta=keyed.forward_meta,
-            headers=keyed.forward_headers,
-            timeout=timeout,
-        )
+        try:
+            return await session.call_tool(
+                tool.downstream_name,
+                keyed.forward_arguments,
+                meta=keyed.forward_meta,
+                headers=keyed.forward_headers,
+                timeout=timeout,
+            )
+        except DownstreamRejected as exc:
+            # The downstream answered with a protocol error: the outcome is known (it refused),
+            # so it is a tool error like any other, stored or released per store_errors.
+            return {
+                "content": [{"type": "text", "text": f"The downstream refused the call: {exc}"}],
+                "isError": True,
+            }
 
     try:
         return _clean(await guard.run(intent, execute))

@@ -1,0 +1,160 @@
+"""Test kit: write manifests, start the real gateway over stdio, read the example server's ledger.
+
+Everything here is real: the gateway runs as ``python -m gateway serve`` in a subprocess, the
+downstream is ``examples/payments_server.py`` in another, the store is a SQLite file (or the
+PostgreSQL server the tests started). Waits are bounded and gated on files or events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_SERVER = REPO / "examples" / "payments_server.py"
+
+
+def new_key() -> str:
+    return str(uuid.uuid4())
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(type(value))
+
+
+def write_manifest(
+    folder: Path,
+    *,
+    name: str = "payments",
+    ledger: Path,
+    server: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    tools: Mapping[str, Mapping[str, Any]] | None = None,
+    http_url: str | None = None,
+) -> Path:
+    """A manifest for the example server (stdio unless ``http_url``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["[server]", f"name = {toml_value(name)}"]
+    if http_url is None:
+        lines += [
+            'transport = "stdio"',
+            f"command = {toml_value(sys.executable)}",
+            f"args = {toml_value([str(EXAMPLE_SERVER)])}",
+            f"env = {toml_value({'PAYMENTS_LEDGER': str(ledger)})}",
+        ]
+    else:
+        lines += ['transport = "http"', f"url = {toml_value(http_url)}"]
+    for k, v in (server or {}).items():
+        lines.append(f"{k} = {toml_value(v)}")
+    lines.append("")
+    lines.append("[defaults]")
+    for k, v in (defaults or {}).items():
+        lines.append(f"{k} = {toml_value(v)}")
+    for tool, table in (tools or {}).items():
+        lines.append("")
+        lines.append(f"[tools.{tool}]")
+        for k, v in table.items():
+            lines.append(f"{k} = {toml_value(v)}")
+    path = folder / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_ledger(ledger: Path) -> list[dict[str, Any]]:
+    if not ledger.exists():
+        return []
+    return [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
+
+
+def executions(ledger: Path, tool: str) -> list[dict[str, Any]]:
+    return [line for line in read_ledger(ledger) if line.get("tool") == tool and line.get("phase") != "finished"]
+
+
+async def wait_for(predicate: Any, *, timeout: float = 20.0, interval: float = 0.01) -> None:
+    """Poll a condition that another process makes true (a file, a ledger line), bounded."""
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(interval)
+
+
+@dataclass
+class Setup:
+    """One test's world: a manifests folder, a ledger, a store."""
+
+    tmp: Path
+    store: str
+    ledger: Path = field(init=False)
+    manifests: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ledger = self.tmp / "ledger.jsonl"
+        self.manifests = self.tmp / "manifests"
+
+    def manifest(self, **kwargs: Any) -> Path:
+        kwargs.setdefault("ledger", self.ledger)
+        return write_manifest(self.manifests, **kwargs)
+
+    def gateway_params(self, *extra: str, principal: str = "local", env: Mapping[str, str] | None = None) -> StdioServerParameters:
+        return StdioServerParameters(
+            command=sys.executable,
+            args=[
+                "-m",
+                "gateway",
+                "serve",
+                "--manifests",
+                str(self.manifests),
+                "--store",
+                self.store,
+                "--principal",
+                principal,
+                *extra,
+            ],
+            env={**os.environ, **(env or {})},
+            cwd=str(self.tmp),
+        )
+
+    @asynccontextmanager
+    async def client(
+        self, *extra: str, principal: str = "local", mode: str = "auto", env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Client]:
+        """A real MCP client talking to a real gateway subprocess over stdio."""
+        params = self.gateway_params(*extra, principal=principal, env=env)
+        async with Client(params, mode=mode, cache=None) as client:
+            yield client
+
+    def executions(self, tool: str) -> list[dict[str, Any]]:
+        return executions(self.ledger, tool)
+
+
+def meta_of(result: Any) -> dict[str, Any]:
+    return dict(result.meta or {})
+
+
+def outcome(result: Any) -> str | None:
+    return meta_of(result).get("idem-gateway/outcome")
+
+
+def error_code(result: Any) -> str | None:
+    err = meta_of(result).get("idem-gateway/error")
+    return err.get("code") if isinstance(err, dict) else None
