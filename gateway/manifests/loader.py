@@ -1,0 +1,473 @@
+"""Manifest files → `ServerSpec`s.
+
+The JSON Schema shipped next to this module (`schema.json`) is the single source of shape
+validation; this module adds only what a schema cannot say (environment expansion, durations,
+cross-field and cross-file rules). Every error is collected, across every file, before
+`ManifestErrors` is raised: an operator fixes a folder in one pass, not one error per run.
+
+Error messages never contain a value read from the environment, nor any value of a field that
+is expanded from it: those may be secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, cast
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from gateway.manifests.models import ForwardKey, ServerSpec, ToolPolicy
+
+__all__ = [
+    "ManifestError",
+    "ManifestErrors",
+    "check_exposed_names",
+    "expand_env",
+    "load_manifests",
+    "parse_duration",
+]
+
+SUFFIXES = (".toml", ".json")
+
+# Fields whose strings expand ${VAR}; their values are never echoed in a message.
+_EXPANDED = ("command", "args", "env", "cwd", "url", "headers")
+# A command with one of these exact names runs under the gateway's own interpreter, so a
+# manifest written as `command = "python"` works from a venv without python on PATH.
+_SELF_PYTHON = frozenset({"python", "python3"})
+
+
+class ManifestError(Exception):
+    """One problem in one manifest file, at one path inside it."""
+
+    def __init__(self, file: Path, path: str, message: str) -> None:
+        self.file = Path(file)
+        self.path = path
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.file.name}: {self.path}" if self.path else self.file.name
+        return f"{where}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"ManifestError({self.file.name!r}, {self.path!r}, {self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ManifestError):
+            return NotImplemented
+        return (self.file, self.path, self.message) == (other.file, other.path, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.file, self.path, self.message))
+
+
+class ManifestErrors(Exception):
+    """Every problem found in a manifests folder; raised once, after all files were read."""
+
+    def __init__(self, errors: Iterable[ManifestError], warnings: Iterable[ManifestError] = ()) -> None:
+        self.errors = list(errors)
+        self.warnings = list(warnings)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        lines = [str(e) for e in self.errors]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- durations
+
+_DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """`"30s"` → 30.0. An integer and a unit (ms s m h d), nothing fancier: one reading everywhere."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"bad duration {text!r}: expected an integer and a unit (ms, s, m, h, d)")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+# ------------------------------------------------------------------------------- environment
+
+_VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
+
+
+class _UnsetVariable(Exception):
+    pass
+
+
+def expand_env(text: str, environ: Mapping[str, str]) -> str:
+    """Expand `${VAR}`, `${VAR:-default}` and `$${` (a literal `${`).
+
+    Raises `KeyError(name)` for an unset `${VAR}` and `ValueError` for a malformed reference;
+    neither carries a value, so both are safe to show.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token == "$${":
+            return "${"
+        name, default = match.group(1), match.group(2)
+        if name is None:
+            raise ValueError("malformed ${...} reference: expected ${NAME} or ${NAME:-default}")
+        value = environ.get(name)
+        if default is not None:
+            return value if value else default
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    return _VAR.sub(replace, text)
+
+
+# ------------------------------------------------------------------------------------ schema
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    """Compiled once: the schema ships inside the package."""
+    text = resources.files("gateway.manifests").joinpath("schema.json").read_text(encoding="utf-8")
+    schema = json.loads(text)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def _dotted(parts: Iterable[str | int]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    return type(value).__name__
+
+
+def _schema_error(file: Path, error: ValidationError) -> ManifestError:
+    """A jsonschema error in the manifest's words, never echoing an expandable value."""
+    parts: list[str | int] = list(error.absolute_path)
+    secret = len(parts) >= 2 and parts[0] == "server" and parts[1] in _EXPANDED
+    shown = "" if secret else f", got {error.instance!r}"
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    kind = error.validator
+    value: Any = error.validator_value
+    if kind == "additionalProperties":
+        extra = sorted(set(error.instance) - set(schema.get("properties", {})))
+        return ManifestError(
+            file,
+            _dotted([*parts, extra[0]]) if len(extra) == 1 else _dotted(parts),
+            f"unknown key{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}",
+        )
+    if kind == "required":
+        missing = next((n for n in value if n not in error.instance), value[0])
+        why = ""
+        if "then" in error.relative_schema_path:
+            why = ' (transport "http")'
+        elif "else" in error.relative_schema_path:
+            why = ' (transport "stdio")'
+        return ManifestError(file, _dotted([*parts, missing]), f"required{why}")
+    if kind == "type":
+        expected = " or ".join(value) if isinstance(value, list) else value
+        expected = "table" if expected == "object" else expected
+        return ManifestError(file, _dotted(parts), f"expected {expected}, got {_json_type(error.instance)}")
+    if kind == "enum":
+        choices = " | ".join(json.dumps(v) for v in value)
+        return ManifestError(file, _dotted(parts), f"expected one of {choices}{shown}")
+    if kind == "pattern":
+        expected = schema.get("description", f"must match {value}")
+        return ManifestError(file, _dotted(parts), f"{expected}{shown}")
+    if kind == "not":
+        return ManifestError(file, _dotted(parts), schema.get("description", "not allowed here"))
+    if kind == "minimum":
+        return ManifestError(file, _dotted(parts), f"must be >= {value}{shown}")
+    if kind == "minLength":
+        return ManifestError(file, _dotted(parts), "must not be empty")
+    message = "invalid value" if secret else error.message
+    return ManifestError(file, _dotted(parts), message)
+
+
+# ---------------------------------------------------------------------------------- building
+
+
+def _read(file: Path) -> tuple[Any, list[ManifestError]]:
+    """Parse one file; a syntax error is the only error reported for it."""
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        return None, [ManifestError(file, "", f"cannot read: {exc.strerror or exc}")]
+    try:
+        if file.suffix == ".toml":
+            return tomllib.loads(raw.decode("utf-8")), []
+        return json.loads(raw), []
+    except UnicodeDecodeError as exc:
+        return None, [ManifestError(file, "", f"not UTF-8 text (byte {exc.start})")]
+    except tomllib.TOMLDecodeError as exc:
+        return None, [ManifestError(file, "", f"invalid TOML: {exc}")]
+    except json.JSONDecodeError as exc:
+        return None, [
+            ManifestError(file, "", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")
+        ]
+
+
+@dataclass
+class _Build:
+    """One file's build: the errors are collected, never raised, so one pass finds them all."""
+
+    file: Path
+    environ: Mapping[str, str]
+    errors: list[ManifestError] = field(default_factory=list)
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(ManifestError(self.file, path, message))
+
+    def expand(self, path: str, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return expand_env(value, self.environ)
+        except KeyError as exc:
+            self.error(path, f"environment variable {exc.args[0]} is not set")
+        except ValueError as exc:
+            self.error(path, str(exc))
+        return None
+
+    def duration(self, path: str, value: Any, *, positive: bool = False) -> float | None:
+        if not isinstance(value, str):
+            return None  # a wrong type is the schema's error
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            return None  # the schema's pattern reported it, in the same words
+        if positive and seconds <= 0:
+            self.error(path, "must be greater than zero")
+            return None
+        return seconds
+
+
+def _table(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+
+def _policy(b: _Build, where: str, table: dict[str, Any], base: ToolPolicy, transport: str) -> ToolPolicy:
+    """`base` with `table` laid over it; lists (fingerprint_exclude, redact) add to the base's."""
+    changes: dict[str, Any] = {}
+    if "side_effects" in table and table["side_effects"] in ("auto", True, False):
+        changes["side_effects"] = None if table["side_effects"] == "auto" else table["side_effects"]
+    for name in ("retention", "wait"):
+        if name in table:
+            seconds = b.duration(f"{where}.{name}", table[name], positive=name == "retention")
+            if seconds is not None:
+                changes[name] = seconds
+    for name, choices in (
+        ("in_flight", ("wait", "reject")),
+        ("expired", ("execute", "reject")),
+        ("cancel", ("finish", "forward")),
+    ):
+        if table.get(name) in choices:
+            changes[name] = table[name]
+    if isinstance(table.get("store_errors"), bool):
+        changes["store_errors"] = table["store_errors"]
+    for name in ("fingerprint_exclude", "redact"):
+        if name in table:
+            merged = dict.fromkeys((*getattr(base, name), *_strings(table[name])))
+            changes[name] = tuple(merged)
+    if isinstance(table.get("forward_key"), str):
+        kind, sep, arg = table["forward_key"].partition(":")
+        if sep and arg and kind in ("argument", "meta", "header"):
+            if kind == "header" and transport != "http":
+                b.error(f"{where}.forward_key", 'a "header:" forward_key needs transport "http"')
+            else:
+                changes["forward_key"] = ForwardKey(cast(Any, kind), arg)
+    if isinstance(table.get("key_from"), str) and table["key_from"]:
+        changes["key_from"] = table["key_from"]
+    cost = table.get("cost")
+    if isinstance(cost, int | float) and not isinstance(cost, bool) and cost >= 0:
+        changes["cost"] = float(cost)
+    policy = replace(base, **changes)
+    if "key_from" in table and policy.key_from is not None:
+        if policy.side_effects is False:
+            b.error(f"{where}.key_from", "a tool with side_effects = false takes no key")
+        if policy.key_from in policy.fingerprint_exclude:
+            b.error(
+                f"{where}.fingerprint_exclude",
+                f"{policy.key_from!r} is the key_from argument; it stays in the fingerprint",
+            )
+    return policy
+
+
+def _build(b: _Build, data: dict[str, Any]) -> ServerSpec | None:
+    """The spec for one schema-checked file; `None` when anything in it was wrong."""
+    server = _table(data.get("server"))
+    transport = server.get("transport", "stdio")
+    name = server.get("name")
+
+    command = b.expand("server.command", server.get("command"))
+    if command in _SELF_PYTHON:
+        command = sys.executable
+    args = tuple(b.expand(f"server.args[{i}]", a) for i, a in enumerate(_list(server.get("args"))))
+    env = {k: b.expand(f"server.env.{k}", v) for k, v in _table(server.get("env")).items()}
+    headers = {k: b.expand(f"server.headers.{k}", v) for k, v in _table(server.get("headers")).items()}
+    url = b.expand("server.url", server.get("url"))
+
+    cwd: Path | None = None
+    if transport == "stdio":
+        raw_cwd = b.expand("server.cwd", server.get("cwd", "."))
+        if isinstance(raw_cwd, str):
+            cwd = (b.file.parent / raw_cwd).resolve()
+            if not cwd.is_dir():
+                b.error("server.cwd", "not a directory")
+
+    timeout = b.duration("server.timeout", server.get("timeout", "30s"), positive=True)
+
+    defaults = _policy(b, "defaults", _table(data.get("defaults")), ToolPolicy(), transport)
+    tools = {
+        tool: _policy(b, f"tools.{tool}", _table(table), defaults, transport)
+        for tool, table in _table(data.get("tools")).items()
+    }
+    if b.errors:
+        return None
+    return ServerSpec(
+        name=cast(str, name),
+        source=b.file,
+        transport=transport,
+        command=command,
+        args=args,
+        env=env,
+        cwd=cwd,
+        url=url,
+        headers=headers,
+        tool_prefix=server.get("tool_prefix", ""),
+        timeout=cast(float, timeout),
+        expose=server.get("expose", "all"),
+        defaults=defaults,
+        tools=tools,
+    )
+
+
+def _load_file(file: Path, environ: Mapping[str, str]) -> tuple[ServerSpec | None, list[ManifestError]]:
+    data, errors = _read(file)
+    if errors:
+        return None, errors
+    schema_errors = [_schema_error(file, e) for e in _validator().iter_errors(data)]
+    if not isinstance(data, dict):
+        return None, schema_errors
+    b = _Build(file, environ)
+    spec = _build(b, data)  # still run: unset variables are worth reporting with schema errors
+    errors = sorted(set(schema_errors + b.errors), key=lambda e: (e.path, e.message))
+    return (spec if not errors else None), errors
+
+
+def load_manifests(folder: Path | str, environ: Mapping[str, str] | None = None) -> list[ServerSpec]:
+    """Every `*.toml` and `*.json` manifest in `folder`, sorted by file name.
+
+    Raises `ManifestErrors` with every error of every file: syntax, schema, durations,
+    unset `${VAR}`s, duplicate server names and clashing explicitly named tools.
+    """
+    folder = Path(folder).resolve()
+    env = os.environ if environ is None else environ
+    if not folder.is_dir():
+        raise ManifestErrors([ManifestError(folder, "", "manifests folder does not exist")])
+    files = sorted(p for p in folder.iterdir() if p.suffix in SUFFIXES and p.is_file())
+    if not files:
+        raise ManifestErrors([ManifestError(folder, "", "no manifests (*.toml, *.json) in this folder")])
+
+    specs: list[ServerSpec] = []
+    errors: list[ManifestError] = []
+    owner: dict[str, Path] = {}
+    for file in files:
+        spec, file_errors = _load_file(file, env)
+        errors += file_errors
+        data_name = spec.name if spec else _peek_name(file)
+        if data_name is not None:
+            if data_name in owner:
+                errors.append(
+                    ManifestError(
+                        file,
+                        "server.name",
+                        f"server {data_name!r} is already defined in {owner[data_name].name}",
+                    )
+                )
+                continue
+            owner[data_name] = file
+        if spec is not None:
+            specs.append(spec)
+    errors += _listed_clashes(specs)
+    if errors:
+        raise ManifestErrors(errors)
+    return specs
+
+
+def _peek_name(file: Path) -> str | None:
+    """The server name of a file that failed, so a duplicate is still reported."""
+    data, errors = _read(file)
+    name = _table(_table(data).get("server")).get("name") if not errors else None
+    return name if isinstance(name, str) else None
+
+
+def _listed_clashes(specs: list[ServerSpec]) -> list[ManifestError]:
+    """Clashes visible before any downstream is asked: tools named in `[tools.*]` tables."""
+    return check_exposed_names(specs, {s.name: s.tools for s in specs})
+
+
+def check_exposed_names(
+    specs: Iterable[ServerSpec], tools_by_server: Mapping[str, Iterable[str]]
+) -> list[ManifestError]:
+    """Errors for exposed names (tool_prefix + downstream name) that two servers both claim.
+
+    `tools_by_server` is what each downstream offers; with `expose = "listed"` only the tools
+    named in the manifest count. Each clash is reported once, on the later server's file.
+    """
+    seen: dict[str, tuple[ServerSpec, str]] = {}
+    errors: list[ManifestError] = []
+    for spec in specs:
+        for tool in tools_by_server.get(spec.name, ()):
+            if not spec.exposes(tool):
+                continue
+            exposed = spec.tool_prefix + tool
+            first = seen.setdefault(exposed, (spec, tool))
+            if first[0] is spec:
+                continue
+            other, other_tool = first
+            path = f"tools.{tool}" if tool in spec.tools else "server.tool_prefix"
+            errors.append(
+                ManifestError(
+                    spec.source,
+                    path,
+                    f"exposed tool name {exposed!r} clashes with tool {other_tool!r} of server "
+                    f"{other.name!r} ({other.source.name}); set a tool_prefix",
+                )
+            )
+    return errors
