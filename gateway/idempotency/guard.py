@@ -128,6 +128,8 @@ class Guard:
         self.poll_max = poll_max
         self._held: dict[tuple[str, str], _Held] = {}
         self._waiters = _Waiters()
+        self.listeners: list[Callable[[str, str], Awaitable[None]]] = []
+        """Told (principal, key) whenever this process changed a record (subscriptions)."""
 
     # ---- background work -------------------------------------------------------------------
 
@@ -205,7 +207,8 @@ class Guard:
                     record.fence,
                     event=self._event(intent, "unknown", detail={"reason": "lease_holder_died"}),
                 ):
-                    raise self._unknown_error()
+                    await self._changed(intent.principal, intent.key)
+                    raise self._unknown_error("lease_holder_died")
             elif policy.in_flight == "reject" or time.monotonic() >= deadline:
                 raise await self._refuse(intent, self._in_progress(record, now, intent.timeout))
             else:
@@ -238,6 +241,15 @@ class Guard:
         finally:
             self._held.pop(ident, None)
             self._waiters.wake(*ident)
+            await self._changed(*ident)
+
+    async def _changed(self, principal: str, key: str) -> None:
+        for listener in self.listeners:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await listener(principal, key)
+                except Exception:  # a subscriber must never break a call
+                    logger.exception("record-change listener failed")
 
     async def _execute_held(
         self, intent: Intent, fence: int, execute: Execute, started: float, resent: bool
