@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import anyio
 import mcp_types as types
 from mcp.server import Server
+from mcp.server.caching import CACHEABLE_METHODS, CacheHint
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
@@ -131,7 +132,7 @@ class Gateway:
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> dict[str, Any]:
         assert self.catalog is not None
-        return {"tools": [t.listed for t in self.catalog.all()]}
+        return {"resultType": "complete", "tools": [t.listed for t in self.catalog.all()]}
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
@@ -141,7 +142,7 @@ class Gateway:
         if tool is None:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
         meta = dict(params.meta) if params.meta is not None else None
-        return await call_tool(
+        result = await call_tool(
             tool,
             params.arguments or {},
             meta,
@@ -150,6 +151,8 @@ class Gateway:
             guard=self.guard,
             audit=self.record,
         )
+        result.setdefault("resultType", "complete")
+        return result
 
     async def list_resources(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -157,7 +160,7 @@ class Gateway:
         out: list[dict[str, Any]] = [r for p in self.providers for r in p.resources()]
         for s in self._ready_sessions():
             out.extend(await s.list_resources())
-        return {"resources": out}
+        return {"resultType": "complete", "resources": out}
 
     async def list_resource_templates(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -165,7 +168,7 @@ class Gateway:
         out: list[dict[str, Any]] = [t for p in self.providers for t in p.templates()]
         for s in self._ready_sessions():
             out.extend(await s.list_resource_templates())
-        return {"resourceTemplates": out}
+        return {"resultType": "complete", "resourceTemplates": out}
 
     async def read_resource(
         self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
@@ -198,7 +201,7 @@ class Gateway:
         out = [p for p, _ in self.prompts.values()]
         for s in self._ready_sessions():
             out.extend(await s.list_prompts())
-        return {"prompts": out}
+        return {"resultType": "complete", "prompts": out}
 
     async def get_prompt(
         self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
@@ -229,6 +232,8 @@ class Gateway:
             on_list_prompts=self.list_prompts,  # type: ignore[arg-type]
             on_get_prompt=self.get_prompt,  # type: ignore[arg-type]
             get_tool_input_schema=self._input_schema,
+            # Lists differ per principal (audit) and change when a downstream reconnects.
+            cache_hints={m: CacheHint(ttl_ms=0, scope="private") for m in CACHEABLE_METHODS},
         )
         # Tracing middleware is a per-message cost this proxy does not need on its hot path.
         server.middleware = []
