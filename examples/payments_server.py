@@ -124,7 +124,7 @@ def list_invoices() -> list[dict[str, Any]]:
 
 @mcp.tool(description="Test hook: report this process's id (no side effect).")
 def whoami() -> dict[str, int]:
-    return {"pid": os.getpid()}
+    return {"pid": os.getpid(), "ppid": os.getppid()}
 
 
 @mcp.tool(description="Test hook: start, wait until gate_file exists, then finish.")
@@ -177,6 +177,33 @@ def native_charge(amount: float, idempotency_key: str) -> dict[str, Any]:
     result = {"charge_id": f"ch_{uuid.uuid4().hex[:12]}", "amount": amount}
     append_ledger("native_charge", {"amount": amount, "idempotency_key": idempotency_key}, result=result)
     return result
+
+
+@mcp.tool(description="Charge once the gate file exists; natively idempotent like native_charge.")
+async def slow_charge(amount: float, idempotency_key: str, gate_file: str) -> dict[str, Any]:
+    append_ledger("slow_charge", {"amount": amount, "idempotency_key": idempotency_key}, phase="waiting")
+    gate = anyio.Path(gate_file)
+    with anyio.fail_after(GATE_LIMIT_SECONDS):
+        while not await gate.exists():  # noqa: ASYNC110 - the gate is a file another process creates
+            await anyio.sleep(GATE_POLL_SECONDS)
+    for line in read_ledger():
+        if (
+            line["tool"] == "slow_charge"
+            and line.get("phase") == "charged"
+            and (line["args"].get("idempotency_key") == idempotency_key)
+        ):
+            return dict(line["result"])
+    result = {"charge_id": f"ch_{uuid.uuid4().hex[:12]}", "amount": amount}
+    append_ledger(
+        "slow_charge", {"amount": amount, "idempotency_key": idempotency_key}, phase="charged", result=result
+    )
+    return result
+
+
+@mcp.tool(description="Consume one queue message (at-least-once delivery: a redelivery repeats the id).")
+def consume_message(message_id: str, body: str) -> str:
+    append_ledger("consume_message", {"message_id": message_id, "body": body})
+    return f"consumed {message_id}"
 
 
 @mcp.tool(description="Test hook: the HTTP request headers this call arrived with (HTTP only).")

@@ -127,7 +127,7 @@ async def _serve(args: argparse.Namespace) -> int:
         return 1
     gateway = Gateway(
         specs,
-        open_store(args.store),
+        open_store(args.store, busy_timeout=float(_env_or("IDEM_GATEWAY_STORE_TIMEOUT", "5"))),
         principal=args.principal,
         lease_ttl=args.lease_ttl,
         sweep_interval=args.sweep_interval,

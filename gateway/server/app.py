@@ -8,7 +8,7 @@ transport (stdio, streamable HTTP) serves.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,6 +22,7 @@ from mcp.shared.exceptions import MCPError
 
 from gateway import __version__
 from gateway.downstream import DownstreamPool, DownstreamSession
+from gateway.errors import StoreUnavailable
 from gateway.idempotency.guard import Guard, utcnow
 from gateway.manifests.models import ServerSpec
 from gateway.server.call_tool import call_tool
@@ -77,14 +78,20 @@ class Gateway:
         self.catalog: Catalog | None = None
         self.providers: list[ResourceProvider] = []
         self.prompts: dict[str, tuple[dict[str, Any], Callable[[dict[str, str]], dict[str, Any]]]] = {}
-        self.on_event: list[Callable[[Event], Awaitable[None]]] = []
+        self._store_open = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         """Open the store, start every downstream, renew leases and sweep until exit."""
-        await self.store.open()
+        try:
+            await self.store.open()
+            self._store_open = True
+        except StoreUnavailable as exc:
+            # Fail closed, but stay up: read-only tools still work, keyed calls are refused
+            # with store_unavailable, and the sweeper keeps trying to open the store.
+            logger.error("store unavailable at start-up: %s", exc)
         try:
             async with DownstreamPool(self.specs, startup_timeout=self.start_timeout) as pool:
                 self.pool = pool
@@ -103,6 +110,10 @@ class Gateway:
     async def _sweep(self) -> None:
         while True:
             try:
+                if not self._store_open:
+                    await self.store.open()
+                    self._store_open = True
+                    logger.info("store is reachable again")
                 deleted = await self.store.purge(self.clock())
                 if deleted:
                     logger.info("swept %d expired records", deleted)
@@ -233,7 +244,7 @@ class Gateway:
             on_get_prompt=self.get_prompt,  # type: ignore[arg-type]
             get_tool_input_schema=self._input_schema,
             # Lists differ per principal (audit) and change when a downstream reconnects.
-            cache_hints={m: CacheHint(ttl_ms=0, scope="private") for m in CACHEABLE_METHODS},
+            cache_hints={m: CacheHint(ttl_ms=0, scope="private") for m in CACHEABLE_METHODS},  # type: ignore[misc]
         )
         # Tracing middleware is a per-message cost this proxy does not need on its hot path.
         server.middleware = []
