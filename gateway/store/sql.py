@@ -1,0 +1,783 @@
+"""``SqlStore``: the ``Store`` primitives on SQLite or PostgreSQL, through one SQLAlchemy Core path.
+
+Every primitive is one short transaction of one or two statements, run in a worker thread so
+the event loop never waits on the database. Writes that change a record are conditional on
+``(principal, key, fence[, state])`` and the row count decides; nothing reads and then writes
+on the strength of what it read (except ``resolve``, which locks the row first).
+
+The SQL stays inside what PostgreSQL-compatible distributed engines (CockroachDB) run:
+``INSERT ... ON CONFLICT DO NOTHING``, conditional ``UPDATE``/``DELETE``, row-value ``IN``;
+no LISTEN/NOTIFY, no advisory locks. Serialization failures (SQLSTATE 40001/40P01) are
+retried a few times, since every transaction here is safe to run again.
+
+Foreign errors (SQLAlchemy, the DBAPI driver, the file system) become
+``gateway.errors.StoreUnavailable`` once, in ``_run``; the URL's password never reaches a message.
+
+SQLite: WAL, ``synchronous=NORMAL``, a busy timeout, and every write transaction opened with
+``BEGIN IMMEDIATE`` (the driver's own transaction handling is switched off), so two writers
+queue on the busy timeout instead of deadlocking on a read-to-write lock upgrade.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import SQLModel
+
+from gateway.errors import StoreUnavailable
+from gateway.store.records import Claim, ClaimResult, Event, EventQuery, Record, RecordState
+from gateway.store.tables import EVENTS, RECORDS, SCHEMA_VERSION, TABLES, VERSION
+
+T = TypeVar("T")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+_ATTEMPTS = 5
+
+IN_PROGRESS = RecordState.IN_PROGRESS.value
+COMPLETED = RecordState.COMPLETED.value
+UNKNOWN = RecordState.UNKNOWN.value
+EXPIRED = RecordState.EXPIRED.value
+
+
+def _us(value: datetime) -> int:
+    """A datetime as integer microseconds since the epoch (naive means UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def _us_opt(value: datetime | None) -> int | None:
+    return None if value is None else _us(value)
+
+
+def _dt(value: int | None) -> datetime | None:
+    return None if value is None else _EPOCH + timedelta(microseconds=value)
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _loads(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+_R = RECORDS.c
+_E = EVENTS.c
+_RECORD_COLUMNS = (
+    _R.principal,
+    _R.key,
+    _R.server,
+    _R.tool,
+    _R.fingerprint,
+    _R.state,
+    _R.fence,
+    _R.lease_owner,
+    _R.lease_expires_at,
+    _R.created_at,
+    _R.expires_at,
+    _R.tombstone_until,
+    _R.first_executed_at,
+    _R.result,
+    _R.is_error,
+)
+_EVENT_COLUMNS = (
+    _E.id,
+    _E.at,
+    _E.principal,
+    _E.key,
+    _E.server,
+    _E.tool,
+    _E.outcome,
+    _E.fingerprint,
+    _E.duration_ms,
+    _E.arguments,
+    _E.detail,
+    _E.cost,
+)
+
+
+def _record(row: Sequence[Any]) -> Record:
+    return Record(
+        principal=row[0],
+        key=row[1],
+        server=row[2],
+        tool=row[3],
+        fingerprint=row[4],
+        state=RecordState(row[5]),
+        fence=int(row[6]),
+        lease_owner=row[7],
+        lease_expires_at=_dt(row[8]),
+        created_at=_EPOCH + timedelta(microseconds=row[9]),
+        expires_at=_EPOCH + timedelta(microseconds=row[10]),
+        tombstone_until=_dt(row[11]),
+        first_executed_at=_dt(row[12]),
+        result=_loads(row[13]),
+        is_error=bool(row[14]),
+    )
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event(
+        id=int(row[0]),
+        at=_EPOCH + timedelta(microseconds=row[1]),
+        principal=row[2],
+        key=row[3],
+        server=row[4],
+        tool=row[5],
+        outcome=row[6],
+        fingerprint=row[7],
+        duration_ms=row[8],
+        arguments=_loads(row[9]),
+        detail=_loads(row[10]) or {},
+        cost=row[11],
+    )
+
+
+def _event_params(ev: Event) -> dict[str, Any]:
+    return {
+        "at": _us(ev.at),
+        "principal": ev.principal,
+        "key": ev.key,
+        "server": ev.server,
+        "tool": ev.tool,
+        "fingerprint": ev.fingerprint,
+        "outcome": ev.outcome,
+        "duration_ms": ev.duration_ms,
+        "arguments": _dumps(ev.arguments),
+        "detail": _dumps(ev.detail) if ev.detail else None,
+        "cost": ev.cost,
+    }
+
+
+# Statements are built once; SQLAlchemy caches their compiled form per dialect.
+_KEY = and_(_R.principal == bindparam("p"), _R.key == bindparam("k"))
+_HELD = and_(_KEY, _R.fence == bindparam("f"))
+_HELD_IN_PROGRESS = and_(_HELD, _R.state == IN_PROGRESS)
+
+_GET = select(*_RECORD_COLUMNS).where(_KEY)
+_GET_FOR_UPDATE = _GET.with_for_update()
+_INSERT_EVENT = insert(EVENTS)
+_COMPLETE = (
+    update(RECORDS)
+    .where(_HELD_IN_PROGRESS)
+    .values(
+        state=COMPLETED,
+        result=bindparam("v_result"),
+        is_error=bindparam("v_is_error"),
+        first_executed_at=bindparam("v_executed_at"),
+        lease_expires_at=None,
+    )
+)
+_RESOLVE = (
+    update(RECORDS)
+    .where(_HELD)
+    .values(
+        state=COMPLETED,
+        result=bindparam("v_result"),
+        is_error=bindparam("v_is_error"),
+        first_executed_at=bindparam("v_executed_at"),
+        lease_expires_at=None,
+    )
+)
+_MARK_UNKNOWN = update(RECORDS).where(_HELD_IN_PROGRESS).values(state=UNKNOWN, lease_expires_at=None)
+_RENEW = update(RECORDS).where(_HELD_IN_PROGRESS).values(lease_expires_at=bindparam("v_lease"))
+_RELEASE = delete(RECORDS).where(_HELD_IN_PROGRESS)
+_DELETE_HELD = delete(RECORDS).where(_HELD)
+_TAKE_OVER = (
+    update(RECORDS)
+    .where(_HELD)
+    .values(
+        server=bindparam("v_server"),
+        tool=bindparam("v_tool"),
+        fingerprint=bindparam("v_fingerprint"),
+        state=IN_PROGRESS,
+        fence=bindparam("v_fence"),
+        lease_owner=bindparam("v_owner"),
+        lease_expires_at=bindparam("v_lease"),
+        created_at=bindparam("v_created"),
+        expires_at=bindparam("v_expires"),
+        tombstone_until=bindparam("v_tombstone"),
+        first_executed_at=None,
+        result=None,
+        is_error=False,
+    )
+)
+
+# Purge: a record is past retention when expires_at <= now; it is not touched while a live
+# lease still holds it (a call that outlived its retention is still running).
+_PAST_RETENTION = and_(
+    _R.expires_at <= bindparam("now"),
+    or_(_R.state != IN_PROGRESS, func.coalesce(_R.lease_expires_at, 0) <= bindparam("now")),
+)
+_PURGE_DELETE = delete(RECORDS).where(
+    tuple_(_R.principal, _R.key).in_(
+        select(_R.principal, _R.key)
+        .where(_PAST_RETENTION, or_(_R.tombstone_until.is_(None), _R.tombstone_until <= bindparam("now")))
+        .limit(bindparam("batch"))
+    )
+)
+_PURGE_TOMBSTONE = (
+    update(RECORDS)
+    .where(
+        tuple_(_R.principal, _R.key).in_(
+            select(_R.principal, _R.key)
+            .where(_PAST_RETENTION, _R.tombstone_until > bindparam("now"), _R.state != EXPIRED)
+            .limit(bindparam("batch"))
+        )
+    )
+    .values(state=EXPIRED, result=None, is_error=False, lease_owner=None, lease_expires_at=None)
+)
+
+
+class _Prepared:
+    """A Core statement compiled once for one dialect: the driver's SQL and its parameter order.
+
+    The hot path (claim, complete, ...) runs these on a raw pooled DBAPI connection: the same
+    SQL SQLAlchemy would send, at a third of the per-call cost of ``Connection.execute``.
+    """
+
+    __slots__ = ("defaults", "names", "sql")
+
+    def __init__(self, stmt: Any, dialect: Any, column_keys: Sequence[str] | None = None) -> None:
+        compiled = stmt.compile(dialect=dialect, column_keys=list(column_keys) if column_keys else None)
+        self.sql: str = compiled.string
+        self.names: tuple[str, ...] | None = tuple(compiled.positiontup) if compiled.positional else None
+        self.defaults: dict[str, Any] = {
+            k: v for k, v in compiled.params.items() if not (column_keys and k in column_keys)
+        }
+
+    def args(self, params: dict[str, Any]) -> Any:
+        merged = {**self.defaults, **params} if self.defaults else params
+        return merged if self.names is None else [merged[name] for name in self.names]
+
+
+_EVENT_KEYS = (
+    "at",
+    "principal",
+    "key",
+    "server",
+    "tool",
+    "fingerprint",
+    "outcome",
+    "duration_ms",
+    "arguments",
+    "detail",
+    "cost",
+)
+_RECORD_KEYS = tuple(column.name for column in _RECORD_COLUMNS)
+
+
+class _Cursor:
+    """A DBAPI cursor that runs ``_Prepared`` statements."""
+
+    __slots__ = ("_cursor",)
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def run(self, prepared: _Prepared, params: dict[str, Any]) -> int:
+        """Execute; the row count."""
+        self._cursor.execute(prepared.sql, prepared.args(params))
+        return int(self._cursor.rowcount)
+
+    def one(self, prepared: _Prepared, params: dict[str, Any]) -> Any:
+        """Execute; the first row or None."""
+        self._cursor.execute(prepared.sql, prepared.args(params))
+        return self._cursor.fetchone()
+
+
+class SqlStore:
+    """The ``Store`` on SQLite (``sqlite:///path.db``) or PostgreSQL (``postgresql+psycopg://...``)."""
+
+    def __init__(self, url: str, *, busy_timeout: float = 5.0, pool_size: int = 5) -> None:
+        try:
+            self._url: URL = make_url(url)
+        except ArgumentError as exc:
+            raise StoreUnavailable("the store URL cannot be parsed") from exc
+        self._safe_url = self._url.render_as_string(hide_password=True)
+        self._password = self._url.password if isinstance(self._url.password, str) else None
+        self._busy_timeout = busy_timeout
+        self._pool_size = pool_size
+        self._sqlite = self._url.get_backend_name() == "sqlite"
+        self._memory = self._sqlite and self._url.database in (None, "", ":memory:")
+        # One in-memory SQLite connection is shared by every thread: run one call at a time.
+        self._serial: Any = threading.Lock() if self._memory else nullcontext()
+        dialect_insert = sqlite_dialect.insert if self._sqlite else pg_dialect.insert
+        self._insert_claim = dialect_insert(RECORDS).on_conflict_do_nothing(
+            index_elements=["principal", "key"]
+        )
+        self._insert_version = dialect_insert(VERSION).on_conflict_do_nothing(index_elements=["id"])
+        self._driver_error: type[BaseException] = sqlite3.Error
+        self._integrity_error: type[BaseException] = sqlite3.IntegrityError
+        self._engine = self._create_engine()
+        dialect = self._engine.dialect
+        self._sql_claim = _Prepared(self._insert_claim, dialect, _RECORD_KEYS)
+        self._sql_event = _Prepared(_INSERT_EVENT, dialect, _EVENT_KEYS)
+        self._sql_get = _Prepared(_GET, dialect)
+        self._sql_get_for_update = _Prepared(_GET_FOR_UPDATE, dialect)
+        self._sql_complete = _Prepared(_COMPLETE, dialect)
+        self._sql_resolve = _Prepared(_RESOLVE, dialect)
+        self._sql_mark_unknown = _Prepared(_MARK_UNKNOWN, dialect)
+        self._sql_renew = _Prepared(_RENEW, dialect)
+        self._sql_release = _Prepared(_RELEASE, dialect)
+        self._sql_delete_held = _Prepared(_DELETE_HELD, dialect)
+        self._sql_take_over = _Prepared(_TAKE_OVER, dialect)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _create_engine(self) -> Engine:
+        try:
+            if self._sqlite:
+                engine = create_engine(
+                    self._url,
+                    connect_args={
+                        "check_same_thread": False,
+                        "timeout": self._busy_timeout,
+                        "isolation_level": None,  # we emit BEGIN ourselves (see _on_begin)
+                    },
+                    **(
+                        {"poolclass": StaticPool}
+                        if self._memory
+                        else {"pool_size": self._pool_size, "max_overflow": self._pool_size * 2}
+                    ),
+                )
+                event.listen(engine, "connect", self._on_sqlite_connect)
+                event.listen(engine, "begin", self._on_sqlite_begin)
+            else:
+                engine = create_engine(
+                    self._url,
+                    pool_size=self._pool_size,
+                    max_overflow=self._pool_size * 2,
+                    pool_pre_ping=True,
+                    connect_args={"connect_timeout": max(2, math.ceil(self._busy_timeout))},
+                )
+        except (ArgumentError, ImportError) as exc:
+            raise StoreUnavailable(f"the store {self._safe_url} cannot be used: {exc}") from exc
+        dbapi = engine.dialect.loaded_dbapi
+        self._driver_error = getattr(dbapi, "Error", sqlite3.Error)
+        self._integrity_error = getattr(dbapi, "IntegrityError", sqlite3.IntegrityError)
+        return engine
+
+    def _on_sqlite_connect(self, dbapi_connection: Any, _record: Any) -> None:
+        """Per connection: wait for locks up to the busy timeout, WAL, fsync only at checkpoints."""
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            if not self._memory:
+                cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _on_sqlite_begin(conn: Connection) -> None:
+        """Write transactions take the write lock up front: no lock upgrade, no deadlock."""
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("idem_write") else "BEGIN")
+
+    async def open(self) -> None:
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        if self._sqlite and not self._memory and self._url.database:
+            Path(self._url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        version = 0
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self._write() as conn:
+                    SQLModel.metadata.create_all(conn, tables=list(TABLES), checkfirst=True)
+                    conn.execute(self._insert_version, {"id": 1, "version": SCHEMA_VERSION})
+                    version = conn.execute(select(VERSION.c.version).where(VERSION.c.id == 1)).scalar_one()
+                break
+            except (ProgrammingError, IntegrityError):
+                # Another replica created the same table between our check and our CREATE.
+                if attempt == _ATTEMPTS - 1:
+                    raise
+        if version > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"the store {self._safe_url} has schema version {version}, newer than this gateway's "
+                f"{SCHEMA_VERSION}: upgrade the gateway"
+            )
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self._engine.dispose)
+
+    # -- the boundary: threads, transactions, error translation -----------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(self._run, fn, *args))
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self._serial:
+                    return fn(*args)
+            except StoreUnavailable:
+                raise
+            except (SQLAlchemyError, OSError, self._driver_error, sqlite3.Error) as exc:
+                cause = exc.orig if isinstance(exc, DBAPIError) else exc
+                if getattr(cause, "sqlstate", None) in _RETRYABLE_SQLSTATES and attempt < _ATTEMPTS - 1:
+                    continue
+                raise self._unavailable(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        if self._password:
+            reason = reason.replace(self._password, "***")
+        return StoreUnavailable(f"the store {self._safe_url} is unavailable: {reason}")
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            conn.execution_options(idem_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[_Cursor]:
+        """One transaction on a raw pooled connection (SQLite: ``BEGIN IMMEDIATE``)."""
+        dbapi_connection = self._engine.raw_connection()
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                if self._sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")
+                yield _Cursor(cursor)
+                dbapi_connection.commit()
+            except BaseException:
+                dbapi_connection.rollback()
+                raise
+            finally:
+                cursor.close()
+        finally:
+            dbapi_connection.close()  # back to the pool
+
+    # -- records ---------------------------------------------------------------------------
+
+    async def claim(self, claim: Claim) -> ClaimResult:
+        return await self._call(self._claim, claim)
+
+    def _claim(self, c: Claim) -> ClaimResult:
+        # Timeline of two callers A and B with the same (principal, key):
+        #
+        #   A: INSERT ... ON CONFLICT DO NOTHING  → 1 row: A holds fence 1, commits
+        #   B: INSERT ... ON CONFLICT DO NOTHING  → waits for A's row lock (PostgreSQL) or the
+        #      write lock (SQLite BEGIN IMMEDIATE), then 0 rows: the key exists
+        #   B: SELECT the row                      → A's record (IN_PROGRESS, or later states);
+        #      the guard decides: wait, replay, conflict, take over
+        #
+        # The unique primary key is the only arbiter; nobody reads before inserting, so there
+        # is no window in which two callers both see "absent". Under PostgreSQL's READ COMMITTED
+        # the row B conflicted with may be gone by the time B reads it (released or purged in
+        # between): B then simply tries the insert again.
+        now = _us(c.now)
+        params = {
+            "principal": c.principal,
+            "key": c.key,
+            "server": c.server,
+            "tool": c.tool,
+            "fingerprint": c.fingerprint,
+            "state": IN_PROGRESS,
+            "fence": 1,
+            "lease_owner": c.owner,
+            "lease_expires_at": _us(c.lease_expires_at),
+            "created_at": now,
+            "expires_at": _us(c.expires_at),
+            "tombstone_until": _us_opt(c.tombstone_until),
+            "first_executed_at": None,
+            "result": None,
+            "is_error": False,
+        }
+        for _ in range(_ATTEMPTS):
+            try:
+                with self._tx() as tx:
+                    if tx.run(self._sql_claim, params) == 1:
+                        return ClaimResult(acquired=True, record=_claimed(c, fence=1))
+                    row = tx.one(self._sql_get, {"p": c.principal, "k": c.key})
+            except (IntegrityError, self._integrity_error):
+                continue  # cannot happen with ON CONFLICT; if it does, the next read settles it
+            if row is not None:
+                return ClaimResult(acquired=False, record=_record(row))
+        raise StoreUnavailable(f"the store {self._safe_url} kept changing key {c.key!r} during a claim")
+
+    async def get(self, principal: str, key: str) -> Record | None:
+        return await self._call(self._get, principal, key)
+
+    def _get(self, principal: str, key: str) -> Record | None:
+        with self._tx() as tx:
+            row = tx.one(self._sql_get, {"p": principal, "k": key})
+        return None if row is None else _record(row)
+
+    async def take_over(self, claim: Claim, *, expected_fence: int) -> Record | None:
+        return await self._call(self._take_over, claim, expected_fence)
+
+    def _take_over(self, c: Claim, expected_fence: int) -> Record | None:
+        params = {
+            "p": c.principal,
+            "k": c.key,
+            "f": expected_fence,
+            "v_server": c.server,
+            "v_tool": c.tool,
+            "v_fingerprint": c.fingerprint,
+            "v_fence": expected_fence + 1,
+            "v_owner": c.owner,
+            "v_lease": _us(c.lease_expires_at),
+            "v_created": _us(c.now),
+            "v_expires": _us(c.expires_at),
+            "v_tombstone": _us_opt(c.tombstone_until),
+        }
+        with self._tx() as tx:
+            if tx.run(self._sql_take_over, params) != 1:
+                return None
+        return _claimed(c, fence=expected_fence + 1)
+
+    async def renew(self, principal: str, key: str, fence: int, lease_expires_at: datetime) -> bool:
+        return await self._call(self._renew, principal, key, fence, lease_expires_at)
+
+    def _renew(self, principal: str, key: str, fence: int, lease_expires_at: datetime) -> bool:
+        params = {"p": principal, "k": key, "f": fence, "v_lease": _us(lease_expires_at)}
+        with self._tx() as tx:
+            return tx.run(self._sql_renew, params) == 1
+
+    async def complete(
+        self,
+        principal: str,
+        key: str,
+        fence: int,
+        *,
+        result: dict[str, Any],
+        is_error: bool,
+        executed_at: datetime,
+        event: Event,
+    ) -> bool:
+        return await self._call(self._complete, principal, key, fence, result, is_error, executed_at, event)
+
+    def _complete(
+        self,
+        principal: str,
+        key: str,
+        fence: int,
+        result: dict[str, Any],
+        is_error: bool,
+        executed_at: datetime,
+        ev: Event,
+    ) -> bool:
+        params = {
+            "p": principal,
+            "k": key,
+            "f": fence,
+            "v_result": _dumps(result),
+            "v_is_error": is_error,
+            "v_executed_at": _us(executed_at),
+        }
+        event_params = _event_params(ev)  # serialise outside the write lock
+        with self._tx() as tx:
+            if tx.run(self._sql_complete, params) != 1:
+                return False
+            tx.run(self._sql_event, event_params)
+        return True
+
+    async def mark_unknown(self, principal: str, key: str, fence: int, *, event: Event) -> bool:
+        return await self._call(self._fenced_with_event, self._sql_mark_unknown, principal, key, fence, event)
+
+    async def release(self, principal: str, key: str, fence: int, *, event: Event | None) -> bool:
+        """Only an IN_PROGRESS record is released: a stored result or an unknown outcome is
+        never dropped by a stale holder (the operator uses ``resolve``)."""
+        return await self._call(self._fenced_with_event, self._sql_release, principal, key, fence, event)
+
+    def _fenced_with_event(
+        self, stmt: _Prepared, principal: str, key: str, fence: int, ev: Event | None
+    ) -> bool:
+        event_params = None if ev is None else _event_params(ev)
+        with self._tx() as tx:
+            if tx.run(stmt, {"p": principal, "k": key, "f": fence}) != 1:
+                return False
+            if event_params is not None:
+                tx.run(self._sql_event, event_params)
+        return True
+
+    async def resolve(
+        self,
+        principal: str,
+        key: str,
+        *,
+        result: dict[str, Any] | None,
+        is_error: bool,
+        now: datetime,
+        event: Event,
+    ) -> Record | None:
+        return await self._call(self._resolve, principal, key, result, is_error, now, event)
+
+    def _resolve(
+        self,
+        principal: str,
+        key: str,
+        result: dict[str, Any] | None,
+        is_error: bool,
+        now: datetime,
+        ev: Event,
+    ) -> Record | None:
+        event_params = _event_params(ev)
+        with self._tx() as tx:
+            row = tx.one(self._sql_get_for_update, {"p": principal, "k": key})
+            if row is None:
+                return None
+            before = _record(row)
+            held = {"p": principal, "k": key, "f": before.fence}
+            if result is None:
+                tx.run(self._sql_delete_held, held)
+                tx.run(self._sql_event, event_params)
+                return before
+            executed_at = before.first_executed_at or now
+            params = {
+                **held,
+                "v_result": _dumps(result),
+                "v_is_error": is_error,
+                "v_executed_at": _us(executed_at),
+            }
+            tx.run(self._sql_resolve, params)
+            tx.run(self._sql_event, event_params)
+        return replace(
+            before,
+            state=RecordState.COMPLETED,
+            result=result,
+            is_error=is_error,
+            first_executed_at=_dt(_us(executed_at)),
+            lease_expires_at=None,
+        )
+
+    async def purge(self, now: datetime, *, batch: int = 500) -> int:
+        """Retention ends for every state, UNKNOWN included: an outcome nobody settled within
+        the retention is forgotten like a stored result (its ``unknown`` events stay)."""
+        return await self._call(self._purge, now, batch)
+
+    def _purge(self, now: datetime, batch: int) -> int:
+        params = {"now": _us(now), "batch": batch}
+        deleted = 0
+        while True:  # one short transaction per batch: writers are never blocked for long
+            with self._write() as conn:
+                count = conn.execute(_PURGE_DELETE, params).rowcount
+            deleted += count
+            if count < batch:
+                break
+        while True:
+            with self._write() as conn:
+                count = conn.execute(_PURGE_TOMBSTONE, params).rowcount
+            if count < batch:
+                break
+        return deleted
+
+    # -- events ----------------------------------------------------------------------------
+
+    async def append_event(self, event: Event) -> None:
+        await self._call(self._append_event, event)
+
+    def _append_event(self, ev: Event) -> None:
+        event_params = _event_params(ev)
+        with self._tx() as tx:
+            tx.run(self._sql_event, event_params)
+
+    async def events(self, query: EventQuery) -> list[Event]:
+        return await self._call(self._events, query)
+
+    def _events(self, q: EventQuery) -> list[Event]:
+        stmt = select(*_EVENT_COLUMNS)
+        if q.principal is not None:
+            stmt = stmt.where(_E.principal == q.principal)
+        if q.key is not None:
+            stmt = stmt.where(_E.key == q.key)
+        if q.tool is not None:
+            stmt = stmt.where(_E.tool == q.tool)
+        if q.outcome is not None:
+            stmt = stmt.where(_E.outcome == q.outcome)
+        if q.since is not None:
+            stmt = stmt.where(_E.at >= _us(q.since))
+        stmt = stmt.order_by(_E.at.desc(), _E.id.desc()).limit(q.limit)
+        with self._read() as conn:
+            return [_event(row) for row in conn.execute(stmt)]
+
+    async def outcome_counts(
+        self, principal: str | None, since: datetime | None
+    ) -> list[tuple[str, str, int, float]]:
+        return await self._call(self._outcome_counts, principal, since)
+
+    def _outcome_counts(
+        self, principal: str | None, since: datetime | None
+    ) -> list[tuple[str, str, int, float]]:
+        stmt = select(_E.tool, _E.outcome, func.count(), func.coalesce(func.sum(_E.cost), 0.0))
+        if principal is not None:
+            stmt = stmt.where(_E.principal == principal)
+        if since is not None:
+            stmt = stmt.where(_E.at >= _us(since))
+        stmt = stmt.group_by(_E.tool, _E.outcome).order_by(_E.tool, _E.outcome)
+        with self._read() as conn:
+            return [(tool, outcome, int(n), float(cost)) for tool, outcome, n, cost in conn.execute(stmt)]
+
+    async def count_unknown(self, principal: str | None) -> int:
+        return await self._call(self._count_unknown, principal)
+
+    def _count_unknown(self, principal: str | None) -> int:
+        stmt = select(func.count()).select_from(RECORDS).where(_R.state == UNKNOWN)
+        if principal is not None:
+            stmt = stmt.where(_R.principal == principal)
+        with self._read() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+
+def _claimed(c: Claim, *, fence: int) -> Record:
+    """The record a successful claim or take-over wrote, without reading it back."""
+    return Record(
+        principal=c.principal,
+        key=c.key,
+        server=c.server,
+        tool=c.tool,
+        fingerprint=c.fingerprint,
+        state=RecordState.IN_PROGRESS,
+        fence=fence,
+        lease_owner=c.owner,
+        lease_expires_at=_dt(_us(c.lease_expires_at)),
+        created_at=_EPOCH + timedelta(microseconds=_us(c.now)),
+        expires_at=_EPOCH + timedelta(microseconds=_us(c.expires_at)),
+        tombstone_until=_dt(_us_opt(c.tombstone_until)),
+    )
