@@ -1,0 +1,606 @@
+"""The store contract: every backend (SQLite, PostgreSQL) passes the same tests.
+
+The clock is injected (fixed datetimes); nothing sleeps. Concurrency is real: asyncio tasks on
+the worker threads, and separate OS processes on one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from gateway.errors import StoreUnavailable
+from gateway.store import Claim, Event, EventQuery, RecordState, open_store
+from gateway.store.sql import SqlStore
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=30)
+RETENTION = timedelta(hours=24)
+RESULT = {
+    "content": [{"type": "text", "text": "invoice INV-1 created"}],
+    "structuredContent": {"id": "INV-1"},
+}
+
+
+def claim(
+    key: str = "key-0000000000000001", *, owner: str = "owner-a", principal: str = "alice", **kw: Any
+) -> Claim:
+    now = kw.pop("now", T0)
+    values: dict[str, Any] = {
+        "principal": principal,
+        "key": key,
+        "server": "payments",
+        "tool": "create_invoice",
+        "fingerprint": "f" * 64,
+        "owner": owner,
+        "now": now,
+        "lease_expires_at": now + LEASE,
+        "expires_at": now + RETENTION,
+    }
+    values.update(kw)
+    return Claim(**values)
+
+
+def event(outcome: str = "executed", *, key: str | None = "key-0000000000000001", **kw: Any) -> Event:
+    values: dict[str, Any] = {
+        "at": T0,
+        "principal": "alice",
+        "key": key,
+        "server": "payments",
+        "tool": "create_invoice",
+        "outcome": outcome,
+        "fingerprint": "f" * 64,
+        "duration_ms": 1.5,
+        "arguments": {"amount": 10, "card_number": "***"},
+    }
+    values.update(kw)
+    return Event(**values)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A URL to an empty database of the backend under test."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state' / 'gateway.db'}"
+        return
+    import pg
+
+    with pg.fresh_database(request.getfixturevalue("postgres_url")) as url:
+        yield url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[SqlStore]:
+    s = SqlStore(store_url)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+# -- claim -------------------------------------------------------------------------------------
+
+
+async def test_a_first_claim_acquires_an_in_progress_record_with_fence_1(store: SqlStore) -> None:
+    result = await store.claim(claim())
+
+    assert result.acquired
+    record = result.record
+    assert (record.state, record.fence, record.lease_owner) == (RecordState.IN_PROGRESS, 1, "owner-a")
+    assert record.created_at == T0 and record.expires_at == T0 + RETENTION
+    assert record.lease_expires_at == T0 + LEASE
+    assert await store.get("alice", record.key) == record
+
+
+async def test_a_second_claim_returns_the_existing_record_without_acquiring(store: SqlStore) -> None:
+    first = await store.claim(claim(owner="owner-a"))
+
+    second = await store.claim(claim(owner="owner-b", now=T0 + timedelta(seconds=1)))
+
+    assert not second.acquired
+    assert second.record == first.record
+
+
+async def test_the_same_key_of_two_principals_is_two_keys(store: SqlStore) -> None:
+    assert (await store.claim(claim(principal="alice"))).acquired
+    assert (await store.claim(claim(principal="bob"))).acquired
+    assert await store.get("carol", "key-0000000000000001") is None
+
+
+async def test_fifty_concurrent_claims_on_one_key_acquire_exactly_once(store: SqlStore) -> None:
+    results = await asyncio.gather(*(store.claim(claim(owner=f"owner-{i}")) for i in range(50)))
+
+    winners = [r for r in results if r.acquired]
+    assert len(winners) == 1
+    assert {r.record.lease_owner for r in results} == {winners[0].record.lease_owner}
+
+
+_CLAIMER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from datetime import datetime, timedelta, timezone
+    from gateway.store import Claim
+    from gateway.store.sql import SqlStore
+
+    async def main(url, owner, keys):
+        store = SqlStore(url, busy_timeout=30)
+        await store.open()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        t0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+        claims = [
+            Claim("alice", k, "payments", "create_invoice", "f" * 64, f"{owner}-{i}", t0,
+                  t0 + timedelta(seconds=30), t0 + timedelta(hours=1))
+            for k in keys for i in range(5)
+        ]
+        results = await asyncio.gather(*(store.claim(c) for c in claims))
+        await store.close()
+        print(json.dumps([r.record.key for r in results if r.acquired]), flush=True)
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])))
+    """
+)
+
+
+def test_claims_from_two_processes_on_one_database_acquire_each_key_exactly_once(store_url: str) -> None:
+    # Both processes also create the schema at the same moment (open) on an empty database.
+    keys = [f"key-{i:016d}" for i in range(40)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CLAIMER, store_url, f"proc{n}", json.dumps(keys)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for proc in procs:  # both are ready: release them together
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outputs = [proc.communicate(timeout=60)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [proc.returncode for proc in procs] == [0, 0]
+
+    acquired = [key for out in outputs for key in json.loads(out.strip().splitlines()[-1])]
+    assert sorted(acquired) == keys
+
+
+# -- complete, take_over, mark_unknown, renew, release -------------------------------------------
+
+
+async def test_the_holder_completes_and_the_event_is_written_with_it(store: SqlStore) -> None:
+    held = (await store.claim(claim())).record
+    done_at = T0 + timedelta(seconds=2)
+
+    ok = await store.complete(
+        "alice", held.key, held.fence, result=RESULT, is_error=False, executed_at=done_at, event=event()
+    )
+
+    assert ok
+    record = await store.get("alice", held.key)
+    assert record is not None
+    assert (record.state, record.result, record.is_error) == (RecordState.COMPLETED, RESULT, False)
+    assert record.first_executed_at == done_at
+    [written] = await store.events(EventQuery(principal="alice"))
+    assert (written.outcome, written.arguments) == ("executed", {"amount": 10, "card_number": "***"})
+
+
+async def test_a_completion_with_the_wrong_fence_is_rejected_and_writes_no_event(store: SqlStore) -> None:
+    held = (await store.claim(claim())).record
+
+    ok = await store.complete(
+        "alice", held.key, held.fence + 1, result=RESULT, is_error=False, executed_at=T0, event=event()
+    )
+
+    assert not ok
+    assert (await store.get("alice", held.key)) == held
+    assert await store.events(EventQuery()) == []
+
+
+async def test_a_completed_record_cannot_be_completed_again(store: SqlStore) -> None:
+    held = (await store.claim(claim())).record
+    kw: dict[str, Any] = {"is_error": False, "executed_at": T0, "event": event()}
+    assert await store.complete("alice", held.key, 1, result=RESULT, **kw)
+
+    assert not await store.complete("alice", held.key, 1, result={"content": []}, **kw)
+    record = await store.get("alice", held.key)
+    assert record is not None and record.result == RESULT
+
+
+async def test_take_over_bumps_the_fence_and_the_stale_holder_can_no_longer_complete(store: SqlStore) -> None:
+    stale = (await store.claim(claim(owner="owner-a"))).record
+    later = T0 + timedelta(hours=25)
+
+    taken = await store.take_over(claim(owner="owner-b", now=later), expected_fence=stale.fence)
+
+    assert taken is not None
+    assert (taken.fence, taken.lease_owner, taken.state) == (2, "owner-b", RecordState.IN_PROGRESS)
+    assert taken.created_at == later and taken.expires_at == later + RETENTION
+    assert await store.get("alice", stale.key) == taken
+    kw: dict[str, Any] = {"result": RESULT, "is_error": False, "executed_at": later, "event": event()}
+    assert not await store.complete("alice", stale.key, stale.fence, **kw)
+    assert await store.complete("alice", stale.key, taken.fence, **kw)
+
+
+async def test_take_over_clears_the_previous_result(store: SqlStore) -> None:
+    held = (await store.claim(claim())).record
+    await store.complete("alice", held.key, 1, result=RESULT, is_error=True, executed_at=T0, event=event())
+
+    taken = await store.take_over(claim(owner="owner-b"), expected_fence=1)
+
+    record = await store.get("alice", held.key)
+    assert record == taken
+    assert record is not None and (record.result, record.first_executed_at, record.is_error) == (
+        None,
+        None,
+        False,
+    )
+
+
+async def test_take_over_is_fenced_so_only_one_of_two_racers_wins(store: SqlStore) -> None:
+    held = (await store.claim(claim())).record
+
+    racers = await asyncio.gather(
+        *(store.take_over(claim(owner=f"owner-{i}"), expected_fence=held.fence) for i in range(10))
+    )
+
+    assert len([r for r in racers if r is not None]) == 1
+    assert await store.take_over(claim(owner="late"), expected_fence=held.fence) is None
+    assert await store.take_over(claim(key="key-never-claimed-0"), expected_fence=1) is None
+
+
+async def test_mark_unknown_stops_the_holder_from_completing(store: SqlStore) -> None:
+    held = (await store.claim(claim())).record
+
+    assert await store.mark_unknown("alice", held.key, held.fence, event=event("unknown"))
+
+    record = await store.get("alice", held.key)
+    assert record is not None and record.state is RecordState.UNKNOWN
+    assert not await store.complete(
+        "alice", held.key, held.fence, result=RESULT, is_error=False, executed_at=T0, event=event()
+    )
+    assert not await store.mark_unknown("alice", held.key, held.fence, event=event("unknown"))
+    assert [e.outcome for e in await store.events(EventQuery())] == ["unknown"]
+
+
+async def test_mark_unknown_with_a_stale_fence_does_nothing(store: SqlStore) -> None:
+    held = (await store.claim(claim())).record
+
+    assert not await store.mark_unknown("alice", held.key, held.fence + 1, event=event("unknown"))
+    assert await store.get("alice", held.key) == held
+
+
+async def test_only_the_holder_renews_its_lease(store: SqlStore) -> None:
+    held = (await store.claim(claim())).record
+    later = T0 + timedelta(minutes=5)
+
+    assert not await store.renew("alice", held.key, held.fence + 1, later)
+    assert await store.renew("alice", held.key, held.fence, later)
+    record = await store.get("alice", held.key)
+    assert record is not None and record.lease_expires_at == later
+
+    await store.complete(
+        "alice", held.key, held.fence, result=RESULT, is_error=False, executed_at=T0, event=event()
+    )
+    assert not await store.renew("alice", held.key, held.fence, later)
+
+
+async def test_release_deletes_only_with_the_right_fence(store: SqlStore) -> None:
+    held = (await store.claim(claim())).record
+
+    assert not await store.release("alice", held.key, held.fence + 1, event=None)
+    assert await store.get("alice", held.key) == held
+    assert await store.release("alice", held.key, held.fence, event=event("downstream_unavailable"))
+    assert await store.get("alice", held.key) is None
+    assert [e.outcome for e in await store.events(EventQuery())] == ["downstream_unavailable"]
+    assert (await store.claim(claim(owner="owner-b"))).acquired
+
+
+async def test_release_never_drops_a_stored_result(store: SqlStore) -> None:
+    held = (await store.claim(claim())).record
+    await store.complete("alice", held.key, 1, result=RESULT, is_error=False, executed_at=T0, event=event())
+
+    assert not await store.release("alice", held.key, 1, event=None)
+    record = await store.get("alice", held.key)
+    assert record is not None and record.state is RecordState.COMPLETED
+
+
+# -- resolve -----------------------------------------------------------------------------------
+
+
+async def test_resolve_as_failed_deletes_the_record_so_a_retry_executes(store: SqlStore) -> None:
+    held = (await store.claim(claim())).record
+    await store.mark_unknown("alice", held.key, held.fence, event=event("unknown"))
+
+    before = await store.resolve(
+        "alice", held.key, result=None, is_error=False, now=T0 + timedelta(hours=1), event=event("resolved")
+    )
+
+    assert before is not None and before.state is RecordState.UNKNOWN
+    assert await store.get("alice", held.key) is None
+    assert (await store.claim(claim(owner="owner-b"))).acquired
+    assert [e.outcome for e in await store.events(EventQuery())] == ["resolved", "unknown"]
+
+
+async def test_resolve_as_completed_stores_the_result_to_replay(store: SqlStore) -> None:
+    held = (await store.claim(claim())).record
+    await store.mark_unknown("alice", held.key, held.fence, event=event("unknown"))
+    resolved_at = T0 + timedelta(hours=1)
+
+    after = await store.resolve(
+        "alice", held.key, result=RESULT, is_error=False, now=resolved_at, event=event("resolved")
+    )
+
+    assert after is not None
+    assert await store.get("alice", held.key) == after
+    assert (after.state, after.result, after.first_executed_at) == (
+        RecordState.COMPLETED,
+        RESULT,
+        resolved_at,
+    )
+    assert not await store.complete(
+        "alice", held.key, held.fence, result={"content": []}, is_error=False, executed_at=T0, event=event()
+    )
+
+
+async def test_resolve_of_a_missing_key_returns_none_and_writes_nothing(store: SqlStore) -> None:
+    got = await store.resolve(
+        "alice", "key-never-claimed-0", result=None, is_error=False, now=T0, event=event("resolved")
+    )
+
+    assert got is None
+    assert await store.events(EventQuery()) == []
+
+
+# -- purge -------------------------------------------------------------------------------------
+
+
+async def test_purge_deletes_expired_records_and_leaves_tombstones_for_rejecting_tools(
+    store: SqlStore,
+) -> None:
+    now = T0 + timedelta(days=2)
+
+    async def completed(key: str, **kw: Any) -> None:
+        held = (await store.claim(claim(key, **kw))).record
+        await store.complete(
+            "alice", key, held.fence, result=RESULT, is_error=False, executed_at=T0, event=event()
+        )
+
+    await completed("expired-plain-0000")
+    await completed("expired-plain-0001")
+    await completed("expired-plain-0002")
+    await completed("live-000000000000", expires_at=now + timedelta(seconds=1))
+    await completed("tombstone-future-0", tombstone_until=now + timedelta(days=7))
+    await completed("tombstone-past-000", tombstone_until=now)
+    await store.claim(claim("unknown-expired-00"))
+    await store.mark_unknown("alice", "unknown-expired-00", 1, event=event("unknown"))
+    await store.claim(claim("running-long-0000", lease_expires_at=now + timedelta(seconds=5)))
+
+    deleted = await store.purge(now, batch=2)
+
+    assert deleted == 5
+    for gone in ("expired-plain-0000", "expired-plain-0001", "expired-plain-0002", "tombstone-past-000"):
+        assert await store.get("alice", gone) is None
+    assert await store.get("alice", "unknown-expired-00") is None
+    live = await store.get("alice", "live-000000000000")
+    assert live is not None and live.state is RecordState.COMPLETED
+    running = await store.get("alice", "running-long-0000")
+    assert running is not None and running.state is RecordState.IN_PROGRESS
+    tomb = await store.get("alice", "tombstone-future-0")
+    assert tomb is not None
+    assert (tomb.state, tomb.result, tomb.fingerprint) == (RecordState.EXPIRED, None, "f" * 64)
+    assert tomb.expires_at == T0 + RETENTION
+    assert len(await store.events(EventQuery())) == 7  # events are not purged
+
+    assert await store.purge(now, batch=2) == 0
+    assert await store.purge(now + timedelta(days=7), batch=2) == 3  # tombstone, long runner, live one
+
+
+# -- events and counts -------------------------------------------------------------------------
+
+
+async def test_events_are_newest_first_and_filtered(store: SqlStore) -> None:
+    for i, (principal, tool, outcome) in enumerate(
+        [
+            ("alice", "create_invoice", "executed"),
+            ("alice", "create_invoice", "replayed"),
+            ("alice", "refund", "executed"),
+            ("bob", "create_invoice", "executed"),
+            ("alice", "create_invoice", "conflict"),
+        ]
+    ):
+        await store.append_event(
+            event(outcome, principal=principal, tool=tool, key=f"key-{i:016d}", at=T0 + timedelta(seconds=i))
+        )
+
+    alice = await store.events(EventQuery(principal="alice"))
+    assert [e.key for e in alice] == [
+        "key-0000000000000004",
+        "key-0000000000000002",
+        "key-0000000000000001",
+        "key-0000000000000000",
+    ]
+    assert alice[0].at == T0 + timedelta(seconds=4) and alice[0].id is not None
+    assert [e.outcome for e in await store.events(EventQuery(principal="alice", tool="create_invoice"))] == [
+        "conflict",
+        "replayed",
+        "executed",
+    ]
+    assert [e.key for e in await store.events(EventQuery(principal="alice", key="key-0000000000000002"))] == [
+        "key-0000000000000002"
+    ]
+    assert [e.tool for e in await store.events(EventQuery(outcome="executed"))] == [
+        "create_invoice",
+        "refund",
+        "create_invoice",
+    ]
+    assert len(await store.events(EventQuery(since=T0 + timedelta(seconds=3)))) == 2
+    assert len(await store.events(EventQuery(limit=2))) == 2
+    assert await store.events(EventQuery(principal="carol")) == []
+
+
+async def test_an_event_round_trips_every_field(store: SqlStore) -> None:
+    sent = event(
+        "conflict", detail={"reason": "fingerprint"}, cost=0.3, duration_ms=None, arguments=None, key=None
+    )
+    await store.append_event(sent)
+
+    [got] = await store.events(EventQuery())
+
+    assert got.id is not None
+    assert got == Event(**{**{f: getattr(sent, f) for f in sent.__slots__}, "id": got.id})  # type: ignore[attr-defined]
+
+
+async def test_outcome_counts_group_by_tool_and_outcome_with_spend(store: SqlStore) -> None:
+    rows = [
+        ("alice", "create_invoice", "executed", 0.3, 0),
+        ("alice", "create_invoice", "replayed", 0.3, 1),
+        ("alice", "create_invoice", "replayed", 0.3, 2),
+        ("alice", "refund", "executed", None, 3),
+        ("bob", "create_invoice", "replayed", 0.3, 4),
+    ]
+    for principal, tool, outcome, cost, s in rows:
+        await store.append_event(
+            event(outcome, principal=principal, tool=tool, cost=cost, at=T0 + timedelta(seconds=s))
+        )
+
+    counts = await store.outcome_counts("alice", None)
+
+    assert counts == [
+        ("create_invoice", "executed", 1, pytest.approx(0.3)),
+        ("create_invoice", "replayed", 2, pytest.approx(0.6)),
+        ("refund", "executed", 1, 0.0),
+    ]
+    assert await store.outcome_counts("alice", T0 + timedelta(seconds=2)) == [
+        ("create_invoice", "replayed", 1, pytest.approx(0.3)),
+        ("refund", "executed", 1, 0.0),
+    ]
+    everyone = await store.outcome_counts(None, None)
+    assert ("create_invoice", "replayed", 3, pytest.approx(0.9)) in everyone
+
+
+async def test_count_unknown_counts_open_unknown_records_per_principal(store: SqlStore) -> None:
+    for principal, key in [
+        ("alice", "key-a-000000000001"),
+        ("alice", "key-a-000000000002"),
+        ("bob", "key-b-000000000001"),
+    ]:
+        await store.claim(claim(key, principal=principal))
+        await store.mark_unknown(principal, key, 1, event=event("unknown", principal=principal, key=key))
+    await store.claim(claim("key-a-000000000003"))
+
+    assert await store.count_unknown("alice") == 2
+    assert await store.count_unknown("bob") == 1
+    assert await store.count_unknown(None) == 3
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+async def test_a_reopened_store_still_has_its_records(store_url: str) -> None:
+    first = open_store(store_url)
+    await first.open()
+    held = (await first.claim(claim())).record
+    await first.complete("alice", held.key, 1, result=RESULT, is_error=True, executed_at=T0, event=event())
+    await first.close()
+
+    second = open_store(store_url)
+    await second.open()
+    try:
+        record = await second.get("alice", held.key)
+        assert record is not None
+        assert (record.state, record.result, record.is_error) == (RecordState.COMPLETED, RESULT, True)
+    finally:
+        await second.close()
+
+
+async def test_several_replicas_can_open_the_same_empty_database_at_once(store_url: str) -> None:
+    stores = [SqlStore(store_url) for _ in range(4)]
+
+    await asyncio.gather(*(s.open() for s in stores))
+
+    try:
+        assert (await stores[0].claim(claim())).acquired
+        assert not (await stores[3].claim(claim(owner="owner-b"))).acquired
+        engine = create_engine(store_url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT id, version FROM schema_version")).all() == [(1, 1)]
+        engine.dispose()
+    finally:
+        for s in stores:
+            await s.close()
+
+
+# -- the store is down -------------------------------------------------------------------------
+
+
+async def test_a_sqlite_file_that_cannot_be_created_is_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    store = SqlStore(f"sqlite:///{blocker / 'gateway.db'}")
+
+    with pytest.raises(StoreUnavailable):
+        await store.open()
+
+
+async def test_a_sqlite_database_locked_past_the_busy_timeout_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    store = SqlStore(f"sqlite:///{path}", busy_timeout=0.05)
+    await store.open()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailable) as raised:
+            await store.claim(claim())
+        assert "locked" in str(raised.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert (await store.claim(claim())).acquired  # and it recovers once the lock is gone
+    await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_server_that_is_down_is_unavailable_and_the_password_stays_secret() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = SqlStore(f"postgresql+psycopg://idem:hunter2-secret@127.0.0.1:{port}/idem", busy_timeout=1)
+
+    with pytest.raises(StoreUnavailable) as raised:
+        await store.open()
+    with pytest.raises(StoreUnavailable):
+        await store.claim(claim())
+
+    assert "hunter2-secret" not in str(raised.value)
+    assert raised.value.code == "store_unavailable"
+    await store.close()
+
+
+async def test_an_unparseable_store_url_is_refused() -> None:
+    with pytest.raises(StoreUnavailable):
+        SqlStore("not a url")
