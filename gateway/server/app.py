@@ -78,6 +78,8 @@ class Gateway:
         self.catalog: Catalog | None = None
         self.providers: list[ResourceProvider] = []
         self.prompts: dict[str, tuple[dict[str, Any], Callable[[dict[str, str]], dict[str, Any]]]] = {}
+        # resources/subscribe, resources/unsubscribe, subscriptions/listen (gateway.audit installs them).
+        self.subscription_handlers: dict[str, Any] = {}
         self._store_open = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -243,6 +245,7 @@ class Gateway:
             on_list_prompts=self.list_prompts,  # type: ignore[arg-type]
             on_get_prompt=self.get_prompt,  # type: ignore[arg-type]
             get_tool_input_schema=self._input_schema,
+            **self.subscription_handlers,
             # Lists differ per principal (audit) and change when a downstream reconnects.
             cache_hints={m: CacheHint(ttl_ms=0, scope="private") for m in CACHEABLE_METHODS},  # type: ignore[misc]
         )
