@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("--principal", default=_env_or("IDEM_GATEWAY_PRINCIPAL", "local"))
     resolve.add_argument("--as", dest="as_", choices=["failed", "completed"], required=True)
     resolve.add_argument("--result", type=Path, help="a CallToolResult in JSON (with --as completed)")
+    resolve.add_argument("--force", action="store_true", help="settle a key that is not unknown")
 
     purge = sub.add_parser("purge", help="delete expired records now")
     store_arg(purge)
