@@ -1,0 +1,290 @@
+"""``idem-gateway audit events|show|stats``, ``resolve`` and ``purge``: the operator's side.
+
+Tables for people, ``--json`` for scripts; the JSON of ``audit stats --principal P`` is the
+body of that principal's ``audit://stats``. Exit 0 when done, 1 with a sentence on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+from jsonschema import exceptions as jsonschema_exceptions
+from jsonschema import validators
+from pydantic import ValidationError
+
+from gateway.audit.stats import WINDOWS, compute_stats
+from gateway.audit.views import event_view, record_view
+from gateway.check import table
+from gateway.errors import StoreUnavailable
+from gateway.idempotency.guard import utcnow
+from gateway.store import Event, EventQuery, RecordState, Store, open_store
+
+SHOW_LIMIT = 1000
+START_TIMEOUT = 20.0
+
+
+class CommandError(Exception):
+    """A clear sentence for stderr; the command exits 1."""
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+@asynccontextmanager
+async def _store(url: str) -> AsyncIterator[Store]:
+    store = open_store(url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _print_json(body: Any) -> None:
+    print(json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return str(value)
+
+
+def _events_table(events: list[dict[str, Any]]) -> str:
+    rows = [["AT", "PRINCIPAL", "KEY", "TOOL", "OUTCOME", "MS", "ARGUMENTS"]]
+    for e in events:
+        rows.append(
+            [
+                _fmt(e["at"]),
+                _fmt(e.get("principal")),
+                _fmt(e["key"]),
+                _fmt(e["tool"]),
+                _fmt(e["outcome"]),
+                _fmt(e["duration_ms"]),
+                _fmt(e["arguments"]),
+            ]
+        )
+    return table(rows)
+
+
+# ---- audit ------------------------------------------------------------------------------------
+
+
+async def run_audit(args: argparse.Namespace) -> int:
+    try:
+        async with _store(args.store) as store:
+            if args.audit_command == "events":
+                return await _events(store, args)
+            if args.audit_command == "show":
+                return await _show(store, args)
+            return await _stats(store, args)
+    except (StoreUnavailable, CommandError) as exc:
+        return _fail(str(exc))
+
+
+async def _events(store: Store, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise CommandError("--limit must be at least 1")
+    query = EventQuery(
+        principal=args.principal, key=args.key, tool=args.tool, outcome=args.outcome, limit=args.limit
+    )
+    events = [event_view(e, with_principal=True) for e in await store.events(query)]
+    if args.json:
+        _print_json({"events": events})
+    elif events:
+        print(_events_table(events))
+    else:
+        print("no events", file=sys.stderr)
+    return 0
+
+
+async def _show(store: Store, args: argparse.Namespace) -> int:
+    record = await store.get(args.principal, args.key)
+    events = await store.events(EventQuery(principal=args.principal, key=args.key, limit=SHOW_LIMIT))
+    if record is None and not events:
+        raise CommandError(f"no such key {args.key!r} for principal {args.principal!r}")
+    view = record_view(record)
+    shown = [event_view(e) for e in events]
+    if args.json:
+        _print_json({"record": view, "events": shown})
+        return 0
+    if view is None:
+        print(f"key {args.key}: no record (released, purged or never stored); its events:")
+    else:
+        print(table([[name.upper(), _fmt(value)] for name, value in view.items()]))
+    if events:
+        print()
+        print(_events_table(shown))
+    return 0
+
+
+async def _stats(store: Store, args: argparse.Namespace) -> int:
+    stats = await compute_stats(store, args.principal, now=utcnow())
+    if args.json:
+        _print_json(stats)
+        return 0
+    scope = f"principal {args.principal}" if args.principal else "all principals"
+    print(f"{scope}, all time")
+    print(_stats_text(stats))
+    print(f"unknown outcomes open: {stats['unknown_open']}")
+    for name in WINDOWS:
+        print()
+        print(name.replace("_", " "))
+        print(_stats_text(stats[name]))
+    return 0
+
+
+def _stats_text(stats: dict[str, Any]) -> str:
+    outcomes = sorted(stats["by_outcome"])
+    rows = [["TOOL", *(o.upper() for o in outcomes)]]
+    for tool, counts in stats["by_tool"].items():
+        rows.append([tool, *(str(counts.get(o, 0)) for o in outcomes)])
+    rows.append(["(all)", *(str(stats["by_outcome"][o]) for o in outcomes)])
+    lines = [table(rows)] if outcomes else ["no events"]
+    lines.append(f"duplicates prevented: {stats['duplicates_prevented']}")
+    lines.append(f"spend prevented: {stats['spend_prevented']:g}")
+    return "\n".join(lines)
+
+
+# ---- resolve ------------------------------------------------------------------------------------
+
+
+async def run_resolve(args: argparse.Namespace) -> int:
+    try:
+        result = _load_result(args)
+        async with _store(args.store) as store:
+            return await _resolve(store, args, result)
+    except (StoreUnavailable, CommandError) as exc:
+        return _fail(str(exc))
+
+
+def _load_result(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The CallToolResult to replay (``--as completed``), parsed and shape-checked up front."""
+    if args.as_ == "failed":
+        if args.result is not None:
+            raise CommandError("--result goes with --as completed only")
+        return None
+    if args.result is None:
+        raise CommandError("--as completed needs --result FILE (a CallToolResult in JSON)")
+    path = Path(args.result)
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"{path} is not JSON: {exc}") from exc
+    if not isinstance(result, dict):
+        raise CommandError(f"{path}: a CallToolResult is a JSON object")
+    try:
+        types.CallToolResult.model_validate(result)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top)"
+        raise CommandError(f"{path}: not a CallToolResult at {where}: {first['msg']}") from exc
+    return result
+
+
+async def _resolve(store: Store, args: argparse.Namespace, result: dict[str, Any] | None) -> int:
+    record = await store.get(args.principal, args.key)
+    if record is None:
+        raise CommandError(f"no such key {args.key!r} for principal {args.principal!r}")
+    force = bool(getattr(args, "force", False))
+    if record.state is not RecordState.UNKNOWN and not force:
+        raise CommandError(
+            f"key {args.key!r} is {record.state.value}, not unknown: only an unknown outcome is "
+            "resolved (--force overrides, and can make a retry repeat an effect)"
+        )
+    is_error = False
+    if result is not None:
+        is_error = bool(result.get("isError", False))
+        schema = await _output_schema(args.manifests, record.server, record.tool)
+        if schema is not None and not is_error:
+            _check_output(result, schema)
+    event = Event(
+        at=utcnow(),
+        principal=args.principal,
+        key=args.key,
+        server=record.server,
+        tool=record.tool,
+        outcome="resolved",
+        fingerprint=record.fingerprint,
+        detail={"as": args.as_, "previous_state": record.state.value, **({"forced": True} if force else {})},
+    )
+    settled = await store.resolve(
+        args.principal, args.key, result=result, is_error=is_error, now=event.at, event=event
+    )
+    if settled is None:
+        raise CommandError(f"no such key {args.key!r} for principal {args.principal!r} (it just went away)")
+    if result is None:
+        print(f"resolved {args.key} as failed: the key is released, a retry executes")
+    else:
+        print(f"resolved {args.key} as completed: a retry replays the given result")
+    return 0
+
+
+async def _output_schema(manifests: str, server: str, tool: str) -> dict[str, Any] | None:
+    """The tool's outputSchema from its running downstream; None (with a warning) if unknowable."""
+    from gateway.downstream import DownstreamPool
+    from gateway.manifests import ManifestErrors, load_manifests
+
+    def skip(why: str) -> None:
+        print(f"warning: {why}; the result is not checked against the tool's outputSchema", file=sys.stderr)
+
+    try:
+        specs = [s for s in load_manifests(manifests) if s.name == server]
+    except ManifestErrors as errors:
+        skip(f"the manifests in {manifests} do not load ({len(errors.errors)} error(s))")
+        return None
+    if not specs:
+        skip(f"no manifest in {manifests} declares server {server!r}")
+        return None
+    spec = specs[0]
+    async with DownstreamPool([spec], startup_timeout=START_TIMEOUT) as pool:
+        session = pool.sessions[spec.name]
+        if not session.ready:
+            skip(f"the downstream {server!r} did not start")
+            return None
+        listed = {spec.tool_prefix + str(t.get("name")): t for t in session.tools}
+    found = listed.get(tool)
+    if found is None:
+        skip(f"the downstream {server!r} does not offer {tool!r}")
+        return None
+    schema = found.get("outputSchema")
+    return schema if isinstance(schema, dict) else None
+
+
+def _check_output(result: dict[str, Any], schema: dict[str, Any]) -> None:
+    structured = result.get("structuredContent")
+    if structured is None:
+        raise CommandError("the tool declares an outputSchema: the result needs structuredContent")
+    validator = validators.validator_for(schema)(schema)
+    error = jsonschema_exceptions.best_match(validator.iter_errors(structured))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(structuredContent)"
+        raise CommandError(f"the result does not match the tool's outputSchema at {where}: {error.message}")
+
+
+# ---- purge --------------------------------------------------------------------------------------
+
+
+async def run_purge(args: argparse.Namespace) -> int:
+    try:
+        async with _store(args.store) as store:
+            deleted = await store.purge(utcnow())
+    except StoreUnavailable as exc:
+        return _fail(str(exc))
+    print(f"purged {deleted} expired record(s)")
+    return 0
