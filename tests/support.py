@@ -52,15 +52,29 @@ def write_manifest(
     defaults: Mapping[str, Any] | None = None,
     tools: Mapping[str, Mapping[str, Any]] | None = None,
     http_url: str | None = None,
+    guarded_by: Path | None = None,
 ) -> Path:
-    """A manifest for the example server (stdio unless ``http_url``)."""
+    """A manifest for the example server (stdio unless ``http_url``).
+
+    ``guarded_by``: the downstream refuses to start while that file is missing, so a test can
+    make it unreachable and then reachable again.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["[server]", f"name = {toml_value(name)}"]
+    args = [str(EXAMPLE_SERVER)]
+    if guarded_by is not None:
+        args = [
+            "-c",
+            "import os, runpy, sys; os.path.exists(sys.argv[1]) or sys.exit(3); "
+            "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')",
+            str(guarded_by),
+            str(EXAMPLE_SERVER),
+        ]
     if http_url is None:
         lines += [
             'transport = "stdio"',
             f"command = {toml_value(sys.executable)}",
-            f"args = {toml_value([str(EXAMPLE_SERVER)])}",
+            f"args = {toml_value(args)}",
             f"env = {toml_value({'PAYMENTS_LEDGER': str(ledger)})}",
         ]
     else:
@@ -88,7 +102,9 @@ def read_ledger(ledger: Path) -> list[dict[str, Any]]:
 
 
 def executions(ledger: Path, tool: str) -> list[dict[str, Any]]:
-    return [line for line in read_ledger(ledger) if line.get("tool") == tool and line.get("phase") != "finished"]
+    return [
+        line for line in read_ledger(ledger) if line.get("tool") == tool and line.get("phase") != "finished"
+    ]
 
 
 async def wait_for(predicate: Any, *, timeout: float = 20.0, interval: float = 0.01) -> None:
@@ -115,7 +131,9 @@ class Setup:
         kwargs.setdefault("ledger", self.ledger)
         return write_manifest(self.manifests, **kwargs)
 
-    def gateway_params(self, *extra: str, principal: str = "local", env: Mapping[str, str] | None = None) -> StdioServerParameters:
+    def gateway_params(
+        self, *extra: str, principal: str = "local", env: Mapping[str, str] | None = None
+    ) -> StdioServerParameters:
         return StdioServerParameters(
             command=sys.executable,
             args=[
@@ -145,6 +163,25 @@ class Setup:
 
     def executions(self, tool: str) -> list[dict[str, Any]]:
         return executions(self.ledger, tool)
+
+    def ledger_lines(self) -> list[dict[str, Any]]:
+        return read_ledger(self.ledger)
+
+    async def record_count(self) -> int:
+        """Records plus audit events in the store: what a call left behind."""
+        from sqlalchemy import create_engine, text
+
+        def count() -> int:
+            engine = create_engine(self.store)
+            try:
+                with engine.connect() as conn:
+                    records = conn.execute(text("SELECT count(*) FROM idempotency_records")).scalar_one()
+                    events = conn.execute(text("SELECT count(*) FROM audit_events")).scalar_one()
+                    return int(records) + int(events)
+            finally:
+                engine.dispose()
+
+        return await anyio.to_thread.run_sync(count)
 
 
 def meta_of(result: Any) -> dict[str, Any]:
