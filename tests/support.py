@@ -110,7 +110,7 @@ def executions(ledger: Path, tool: str) -> list[dict[str, Any]]:
 async def wait_for(predicate: Any, *, timeout: float = 20.0, interval: float = 0.01) -> None:
     """Poll a condition that another process makes true (a file, a ledger line), bounded."""
     with anyio.fail_after(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - another process makes it true
             await anyio.sleep(interval)
 
 
