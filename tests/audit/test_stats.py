@@ -96,3 +96,38 @@ async def test_a_duplicate_sent_while_the_first_call_runs_counts_as_a_prevented_
     assert stats["duplicates_prevented"] == 1
     assert stats["spend_prevented"] == 2.5
     assert len(setup.executions("slow_op")) == 1
+
+
+async def test_windows_count_only_events_inside_them_by_the_injected_clock(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.audit.stats import compute_stats
+    from gateway.store import Event, open_store
+
+    now = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
+    store = open_store(f"sqlite:///{tmp_path / 'clock.db'}")
+    await store.open()
+    try:
+        for age, outcome_ in [
+            (timedelta(minutes=5), "replayed"),
+            (timedelta(hours=3), "replayed"),
+            (timedelta(days=3), "executed"),
+        ]:
+            await store.append_event(
+                Event(
+                    at=now - age,
+                    principal="p",
+                    key="k" * 16,
+                    server="s",
+                    tool="t",
+                    outcome=outcome_,
+                    cost=1.5 if outcome_ == "replayed" else None,
+                )
+            )
+        stats = await compute_stats(store, "p", now=now)
+    finally:
+        await store.close()
+    assert stats["by_outcome"] == {"executed": 1, "replayed": 2} and stats["spend_prevented"] == 3.0
+    assert stats["last_hour"]["duplicates_prevented"] == 1 and stats["last_hour"]["spend_prevented"] == 1.5
+    assert stats["last_day"]["by_outcome"] == {"replayed": 2}
+    assert stats["last_week"]["by_outcome"] == {"executed": 1, "replayed": 2}
