@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 from sqlalchemy.engine import make_url
 
 PG_USER = "postgres"
@@ -139,6 +138,8 @@ def _admin_conninfo(url: str) -> str:
 @contextlib.contextmanager
 def fresh_database(server_url: str) -> Iterator[str]:
     """A new empty database on the server of ``server_url``; dropped afterwards."""
+    import psycopg  # the [postgres] extra; only needed when PostgreSQL tests run
+
     name = f"idem_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(_admin_conninfo(server_url), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]

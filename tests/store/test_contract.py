@@ -168,24 +168,26 @@ def test_claims_from_two_processes_on_one_database_acquire_each_key_exactly_once
             [sys.executable, "-c", _CLAIMER, store_url, f"proc{n}", json.dumps(keys)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
         for n in range(2)
     ]
     try:
         for proc in procs:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
         for proc in procs:  # both are ready: release them together
             assert proc.stdin is not None
             proc.stdin.write("go\n")
             proc.stdin.flush()
-        outputs = [proc.communicate(timeout=60)[0] for proc in procs]
+        finished = [proc.communicate(timeout=60) for proc in procs]
     finally:
         for proc in procs:
             proc.kill()
-    assert [proc.returncode for proc in procs] == [0, 0]
+    assert [proc.returncode for proc in procs] == [0, 0], [err for _, err in finished]
 
-    acquired = [key for out in outputs for key in json.loads(out.strip().splitlines()[-1])]
+    acquired = [key for out, _ in finished for key in json.loads(out.strip().splitlines()[-1])]
     assert sorted(acquired) == keys
 
 
