@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 
-class RecordState(str, enum.Enum):
+class RecordState(enum.StrEnum):
     """Where a key stands.
 
     IN_PROGRESS ─complete→ COMPLETED ─retention ends→ (deleted, or EXPIRED tombstone)

@@ -25,6 +25,7 @@ import json
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
@@ -501,7 +502,7 @@ class SqlStore:
     def _claim(self, c: Claim) -> ClaimResult:
         # Timeline of two callers A and B with the same (principal, key):
         #
-        #   A: INSERT ... ON CONFLICT DO NOTHING  → 1 row: A holds fence 1, commits
+        #   A: INSERT ... ON CONFLICT DO NOTHING  → 1 row: A holds fence F, commits
         #   B: INSERT ... ON CONFLICT DO NOTHING  → waits for A's row lock (PostgreSQL) or the
         #      write lock (SQLite BEGIN IMMEDIATE), then 0 rows: the key exists
         #   B: SELECT the row                      → A's record (IN_PROGRESS, or later states);
@@ -512,6 +513,9 @@ class SqlStore:
         # the row B conflicted with may be gone by the time B reads it (released or purged in
         # between): B then simply tries the insert again.
         now = _us(c.now)
+        # A new record's fence never repeats a deleted one's (released, resolved, purged), so
+        # a stale holder of an earlier incarnation of this key can never complete this one.
+        fence = time.time_ns() // 1000
         params = {
             "principal": c.principal,
             "key": c.key,
@@ -519,7 +523,7 @@ class SqlStore:
             "tool": c.tool,
             "fingerprint": c.fingerprint,
             "state": IN_PROGRESS,
-            "fence": 1,
+            "fence": fence,
             "lease_owner": c.owner,
             "lease_expires_at": _us(c.lease_expires_at),
             "created_at": now,
@@ -533,7 +537,7 @@ class SqlStore:
             try:
                 with self._tx() as tx:
                     if tx.run(self._sql_claim, params) == 1:
-                        return ClaimResult(acquired=True, record=_claimed(c, fence=1))
+                        return ClaimResult(acquired=True, record=_claimed(c, fence=fence))
                     row = tx.one(self._sql_get, {"p": c.principal, "k": c.key})
             except (IntegrityError, self._integrity_error):
                 continue  # cannot happen with ON CONFLICT; if it does, the next read settles it

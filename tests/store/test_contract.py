@@ -99,12 +99,13 @@ async def store(store_url: str) -> AsyncIterator[SqlStore]:
 # -- claim -------------------------------------------------------------------------------------
 
 
-async def test_a_first_claim_acquires_an_in_progress_record_with_fence_1(store: SqlStore) -> None:
+async def test_a_first_claim_acquires_an_in_progress_record_with_a_fresh_fence(store: SqlStore) -> None:
     result = await store.claim(claim())
 
     assert result.acquired
     record = result.record
-    assert (record.state, record.fence, record.lease_owner) == (RecordState.IN_PROGRESS, 1, "owner-a")
+    assert (record.state, record.lease_owner) == (RecordState.IN_PROGRESS, "owner-a")
+    assert record.fence > 0
     assert record.created_at == T0 and record.expires_at == T0 + RETENTION
     assert record.lease_expires_at == T0 + LEASE
     assert await store.get("alice", record.key) == record
@@ -226,9 +227,9 @@ async def test_a_completion_with_the_wrong_fence_is_rejected_and_writes_no_event
 async def test_a_completed_record_cannot_be_completed_again(store: SqlStore) -> None:
     held = (await store.claim(claim())).record
     kw: dict[str, Any] = {"is_error": False, "executed_at": T0, "event": event()}
-    assert await store.complete("alice", held.key, 1, result=RESULT, **kw)
+    assert await store.complete("alice", held.key, held.fence, result=RESULT, **kw)
 
-    assert not await store.complete("alice", held.key, 1, result={"content": []}, **kw)
+    assert not await store.complete("alice", held.key, held.fence, result={"content": []}, **kw)
     record = await store.get("alice", held.key)
     assert record is not None and record.result == RESULT
 
@@ -240,7 +241,11 @@ async def test_take_over_bumps_the_fence_and_the_stale_holder_can_no_longer_comp
     taken = await store.take_over(claim(owner="owner-b", now=later), expected_fence=stale.fence)
 
     assert taken is not None
-    assert (taken.fence, taken.lease_owner, taken.state) == (2, "owner-b", RecordState.IN_PROGRESS)
+    assert (taken.fence, taken.lease_owner, taken.state) == (
+        stale.fence + 1,
+        "owner-b",
+        RecordState.IN_PROGRESS,
+    )
     assert taken.created_at == later and taken.expires_at == later + RETENTION
     assert await store.get("alice", stale.key) == taken
     kw: dict[str, Any] = {"result": RESULT, "is_error": False, "executed_at": later, "event": event()}
@@ -250,9 +255,11 @@ async def test_take_over_bumps_the_fence_and_the_stale_holder_can_no_longer_comp
 
 async def test_take_over_clears_the_previous_result(store: SqlStore) -> None:
     held = (await store.claim(claim())).record
-    await store.complete("alice", held.key, 1, result=RESULT, is_error=True, executed_at=T0, event=event())
+    await store.complete(
+        "alice", held.key, held.fence, result=RESULT, is_error=True, executed_at=T0, event=event()
+    )
 
-    taken = await store.take_over(claim(owner="owner-b"), expected_fence=1)
+    taken = await store.take_over(claim(owner="owner-b"), expected_fence=held.fence)
 
     record = await store.get("alice", held.key)
     assert record == taken
@@ -324,9 +331,11 @@ async def test_release_deletes_only_with_the_right_fence(store: SqlStore) -> Non
 
 async def test_release_never_drops_a_stored_result(store: SqlStore) -> None:
     held = (await store.claim(claim())).record
-    await store.complete("alice", held.key, 1, result=RESULT, is_error=False, executed_at=T0, event=event())
+    await store.complete(
+        "alice", held.key, held.fence, result=RESULT, is_error=False, executed_at=T0, event=event()
+    )
 
-    assert not await store.release("alice", held.key, 1, event=None)
+    assert not await store.release("alice", held.key, held.fence, event=None)
     record = await store.get("alice", held.key)
     assert record is not None and record.state is RecordState.COMPLETED
 
@@ -398,8 +407,8 @@ async def test_purge_deletes_expired_records_and_leaves_tombstones_for_rejecting
     await completed("live-000000000000", expires_at=now + timedelta(seconds=1))
     await completed("tombstone-future-0", tombstone_until=now + timedelta(days=7))
     await completed("tombstone-past-000", tombstone_until=now)
-    await store.claim(claim("unknown-expired-00"))
-    await store.mark_unknown("alice", "unknown-expired-00", 1, event=event("unknown"))
+    unknown = (await store.claim(claim("unknown-expired-00"))).record
+    await store.mark_unknown("alice", "unknown-expired-00", unknown.fence, event=event("unknown"))
     await store.claim(claim("running-long-0000", lease_expires_at=now + timedelta(seconds=5)))
 
     deleted = await store.purge(now, batch=2)
@@ -511,8 +520,10 @@ async def test_count_unknown_counts_open_unknown_records_per_principal(store: Sq
         ("alice", "key-a-000000000002"),
         ("bob", "key-b-000000000001"),
     ]:
-        await store.claim(claim(key, principal=principal))
-        await store.mark_unknown(principal, key, 1, event=event("unknown", principal=principal, key=key))
+        held = (await store.claim(claim(key, principal=principal))).record
+        await store.mark_unknown(
+            principal, key, held.fence, event=event("unknown", principal=principal, key=key)
+        )
     await store.claim(claim("key-a-000000000003"))
 
     assert await store.count_unknown("alice") == 2
@@ -527,7 +538,9 @@ async def test_a_reopened_store_still_has_its_records(store_url: str) -> None:
     first = open_store(store_url)
     await first.open()
     held = (await first.claim(claim())).record
-    await first.complete("alice", held.key, 1, result=RESULT, is_error=True, executed_at=T0, event=event())
+    await first.complete(
+        "alice", held.key, held.fence, result=RESULT, is_error=True, executed_at=T0, event=event()
+    )
     await first.close()
 
     second = open_store(store_url)
@@ -606,3 +619,13 @@ async def test_a_postgresql_server_that_is_down_is_unavailable_and_the_password_
 async def test_an_unparseable_store_url_is_refused() -> None:
     with pytest.raises(StoreUnavailable):
         SqlStore("not a url")
+
+
+async def test_a_holder_of_a_deleted_incarnation_cannot_complete_the_next_one(store: SqlStore) -> None:
+    old = (await store.claim(claim())).record
+    assert await store.release("alice", old.key, old.fence, event=None)
+    new = (await store.claim(claim(owner="owner-b"))).record
+    assert new.fence != old.fence
+    kw: dict[str, Any] = {"result": RESULT, "is_error": False, "executed_at": T0, "event": event()}
+    assert not await store.complete("alice", old.key, old.fence, **kw)
+    assert await store.complete("alice", new.key, new.fence, **kw)
