@@ -1,14 +1,22 @@
-"""Shared fixtures. ``postgres_url``: a PostgreSQL server for the whole session."""
+"""Shared fixtures.
+
+``postgres_url``: a PostgreSQL server for the whole session. ``store_url``: each test that
+takes it runs once per store backend (a SQLite file; a fresh PostgreSQL database).
+``setup``: the test kit's world (manifests, ledger, store) on that backend.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import pg
 import pytest
+
+from tests.support import Setup
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +47,18 @@ def _unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+        return
+    server = request.getfixturevalue("postgres_url")
+    with pg.fresh_database(server) as url:
+        yield url
+
+
+@pytest.fixture
+def setup(tmp_path: Path, store_url: str) -> Setup:
+    return Setup(tmp_path, store_url)

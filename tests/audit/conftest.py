@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
-import pg
 import pytest
 from mcp import Client
 from mcp.client.stdio import stdio_client
@@ -19,21 +18,6 @@ from mcp.client.stdio import stdio_client
 from tests.support import REPO, Setup
 
 CLI_TIMEOUT = 60.0
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'gateway.db'}"
-        return
-    server = request.getfixturevalue("postgres_url")
-    with pg.fresh_database(server) as url:
-        yield url
-
-
-@pytest.fixture
-def setup(tmp_path: Path, store_url: str) -> Setup:
-    return Setup(tmp_path, store_url)
 
 
 @pytest.fixture
