@@ -9,6 +9,8 @@ Nothing in the gateway changes: the probes wrap its functions from outside, at s
   every await inside them (a store call includes its hop to the worker thread and back);
   ``store.<op>`` versus ``store.<op>:thread`` is that hop plus the wait for a free worker.
 - ``OUT_DIR/loop.pstats`` (if ``IDEM_BENCH_CPROFILE=1``): cProfile of the event-loop thread.
+- ``IDEM_BENCH_INLINE_STORE=1``: an experiment, not a mode: store calls run on the event-loop
+  thread instead of a worker thread, to measure what the thread hop costs end to end.
 """
 
 from __future__ import annotations
@@ -80,6 +82,12 @@ def install() -> None:
     ]
     if hasattr(sql.SqlStore, "_append_event"):
         probes.append((sql.SqlStore, "_append_event", "store.append_event:thread"))
+    if os.environ.get("IDEM_BENCH_INLINE_STORE"):
+
+        async def inline_call(self: Any, fn: Callable[..., Any], *args: Any) -> Any:
+            return self._run(fn, *args)
+
+        sql.SqlStore._call = inline_call  # type: ignore[method-assign]
     for owner, attr, label in probes:
         if hasattr(owner, attr):
             _probe(owner, attr, label)
