@@ -25,6 +25,7 @@ from gateway.downstream import DownstreamPool, DownstreamSession
 from gateway.errors import StoreUnavailable
 from gateway.idempotency.guard import Guard, utcnow
 from gateway.manifests.models import ServerSpec
+from gateway.server import metrics
 from gateway.server.call_tool import call_tool
 from gateway.server.catalog import Catalog
 from gateway.store.base import Store
@@ -74,6 +75,7 @@ class Gateway:
         self.start_timeout = start_timeout
         self.clock = clock
         self.guard = Guard(store, clock=clock, lease_ttl=lease_ttl)
+        self.metrics = metrics.CallMetrics()  # served at /metrics over HTTP
         self.pool: DownstreamPool | None = None
         self.catalog: Catalog | None = None
         self.providers: list[ResourceProvider] = []
@@ -155,6 +157,7 @@ class Gateway:
         if tool is None:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
         meta = dict(params.meta) if params.meta is not None else None
+        started = metrics.now()
         result = await call_tool(
             tool,
             params.arguments or {},
@@ -165,6 +168,7 @@ class Gateway:
             audit=self.record,
         )
         result.setdefault("resultType", "complete")
+        self.metrics.observe(tool.name, result, started)
         return result
 
     async def list_resources(
