@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--principal", default=_env_or("IDEM_GATEWAY_PRINCIPAL", "local"))
     serve.add_argument(
+        "--tokens",
+        default=os.environ.get("IDEM_GATEWAY_TOKENS") or None,
+        help='http: a TOML file of lines principal = "<sha256 hex of its bearer token>"',
+    )
+    serve.add_argument(
+        "--stateless",
+        action="store_true",
+        default=os.environ.get("IDEM_GATEWAY_STATELESS", "") not in ("", "0", "false"),
+        help="http: no handshake-era sessions, so replicas need no sticky sessions",
+    )
+    serve.add_argument(
         "--lease-ttl",
         type=float,
         default=float(_env_or("IDEM_GATEWAY_LEASE_TTL", "10")),
@@ -126,6 +137,14 @@ async def _serve(args: argparse.Namespace) -> int:
     except ManifestErrors as errors:
         print(str(errors), file=sys.stderr)
         return 1
+    if args.transport == "http":
+        from gateway.server.http import HttpRefused, preflight
+
+        try:
+            preflight(args.host, args.tokens)
+        except HttpRefused as refused:
+            print(f"idem-gateway: {refused}", file=sys.stderr)
+            return 1
     gateway = Gateway(
         specs,
         open_store(args.store, busy_timeout=float(_env_or("IDEM_GATEWAY_STORE_TIMEOUT", "5"))),
@@ -141,7 +160,9 @@ async def _serve(args: argparse.Namespace) -> int:
         else:
             from gateway.server.http import serve_http
 
-            await serve_http(gateway, host=args.host, port=args.port)
+            await serve_http(
+                gateway, host=args.host, port=args.port, tokens_file=args.tokens, stateless=args.stateless
+            )
         tg.cancel_scope.cancel()
     return 0
 
