@@ -177,10 +177,10 @@ def _install_extras(gateway: Any) -> None:
 
 
 async def _serve_stdio(gateway: Any) -> None:
-    from mcp.server.stdio import stdio_server
+    from gateway.server.stdio import stdio_transport
 
     server = gateway.server()
-    async with stdio_server() as (read_stream, write_stream):
+    async with stdio_transport() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
