@@ -345,7 +345,7 @@ async def test_downstream_unreachable_before_sending_releases_the_key(setup: Set
         # Until the gateway has read the dead pipe's EOF, a call racing that moment is reported
         # as unknown (the conservative answer). A read-only call shows when it has noticed.
         with anyio.fail_after(20):
-            while not (await client.call_tool("list_invoices", {})).is_error:
+            while not (await client.call_tool("list_invoices", {})).is_error:  # noqa: ASYNC110 - polls the gateway
                 await anyio.sleep(0.01)
         unavailable = await client.call_tool("create_invoice", {**INVOICE, "idempotency_key": key})
         assert error_code(unavailable) == "downstream_unavailable"

@@ -45,7 +45,15 @@ def test_missing_key() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["short-key", "x" * 256, "has space in it!!!!", "ünïcode-key-0000000", 12345678901234567890, None, ["a" * 20]],
+    [
+        "short-key",
+        "x" * 256,
+        "has space in it!!!!",
+        "ünïcode-key-0000000",
+        12345678901234567890,
+        None,
+        ["a" * 20],
+    ],
 )
 def test_malformed_keys_are_invalid(bad: Any) -> None:
     with pytest.raises((IdempotencyKeyInvalid, IdempotencyKeyMissing)) as info:
