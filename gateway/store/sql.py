@@ -408,10 +408,23 @@ class SqlStore:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             if not self._memory:
-                cursor.execute("PRAGMA journal_mode = WAL")
+                self._enable_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()
+
+    def _enable_wal(self, cursor: Any) -> None:
+        """Switch to WAL, waiting out a concurrent opener (SQLite answers this pragma "locked"
+        at once, without consulting the busy timeout, while another connection switches it)."""
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)  # blocking is fine: connections are opened in worker threads
 
     @staticmethod
     def _on_sqlite_begin(conn: Connection) -> None:
