@@ -423,9 +423,8 @@ async def test_tool_errors_are_stored_or_released(setup: Setup, store_errors: bo
         assert len(setup.executions("fail_op")) == 2
 
 
-async def test_store_locked_beyond_its_timeout_fails_closed(setup: Setup) -> None:
-    if not setup.store.startswith("sqlite"):
-        pytest.skip("a SQLite lock; PostgreSQL unreachability is tested below")
+async def test_a_sqlite_store_locked_beyond_its_timeout_fails_closed(tmp_path: Path) -> None:
+    setup = Setup(tmp_path, f"sqlite:///{tmp_path / 'gateway.db'}")
     setup.manifest()
     async with setup.client(env={"IDEM_GATEWAY_STORE_TIMEOUT": "0.3"}) as client:
         await client.list_tools()
