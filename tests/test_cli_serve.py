@@ -230,3 +230,23 @@ def test_check_on_a_broken_folder_lists_every_error_and_fails(tmp_path: Path) ->
     assert any("timeout" in line for line in errors if "bad_duration.toml" in line)
     assert any("colour" in line for line in errors if "unknown_key.toml" in line)
     assert any("IDEM_TEST_SURELY_UNSET_VAR" in line for line in errors if "unset_var.toml" in line)
+
+
+def test_a_tool_the_downstream_lacks_is_an_error_for_check_and_a_warning_for_serve(tmp_path: Path) -> None:
+    made = Setup(tmp_path, f"sqlite:///{tmp_path / 'gateway.db'}")
+    made.manifest(tools={"refund_everything": {"side_effects": True}})
+    checked = run_cli("check", "--manifests", str(made.manifests), cwd=tmp_path)
+    assert checked.returncode == 1
+    assert "payments.toml: tools.refund_everything: the downstream does not offer this tool" in checked.stderr
+    # serve: stdin is closed at once, so it starts, warns, and ends its session.
+    served = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--manifests", str(made.manifests), "--store", made.store],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert served.returncode == 0, served.stderr
+    assert "WARNING" in served.stderr and "tools.refund_everything" in served.stderr
+    assert served.stdout == ""

@@ -100,6 +100,10 @@ class Gateway:
             async with DownstreamPool(self.specs, startup_timeout=self.start_timeout) as pool:
                 self.pool = pool
                 self.catalog = Catalog({name: (s.spec, s) for name, s in pool.sessions.items()})
+                for server, lacking in self.catalog.missing().items():
+                    source = pool.sessions[server].spec.source.name
+                    for name in lacking:
+                        logger.warning("%s: tools.%s: the downstream does not offer this tool", source, name)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self.guard.renew_leases)
                     tg.start_soon(self._sweep)

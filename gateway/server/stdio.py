@@ -30,20 +30,36 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 def _pipe_like(fd: int) -> bool:
     import stat
 
+    # epoll takes pipes, sockets and terminals; not /dev/null or regular files.
     mode = os.fstat(fd).st_mode
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
+
+
+async def _connect(reader: asyncio.StreamReader) -> tuple[asyncio.ReadTransport, asyncio.StreamWriter]:
+    """Pipe transports on private duplicates of fd 0 and 1."""
+    loop = asyncio.get_running_loop()
+    wire_in = os.fdopen(fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3), "rb", buffering=0)
+    wire_out = os.fdopen(fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3), "wb", buffering=0)
+    read_transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), wire_in)
+    write_transport, write_protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, wire_out
+    )
+    return read_transport, asyncio.StreamWriter(write_transport, write_protocol, None, loop)
 
 
 @asynccontextmanager
 async def stdio_transport() -> AsyncIterator[tuple[Any, Any]]:
     """``(read_stream, write_stream)`` for ``Server.run`` over this process's stdin/stdout."""
     if not (_pipe_like(0) and _pipe_like(1)):
+        # Not pollable (/dev/null, a file): the SDK's threaded transport reads anything.
         async with stdio_server() as streams:
             yield streams
         return
 
-    wire_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
-    wire_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
+    reader = asyncio.StreamReader(limit=MAX_MESSAGE_BYTES)
+    read_transport, writer = await _connect(reader)
+    write_transport = writer.transport
+
     saved_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
     saved_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -51,16 +67,6 @@ async def stdio_transport() -> AsyncIterator[tuple[Any, Any]]:
     os.close(devnull)
     os.dup2(2, 1)
     try:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=MAX_MESSAGE_BYTES)
-        read_transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(wire_in, "rb", buffering=0)
-        )
-        write_transport, write_protocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, os.fdopen(wire_out, "wb", buffering=0)
-        )
-        writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
-
         read_stream_writer, read_stream = create_context_streams[SessionMessage | Exception](0)
         write_stream, write_stream_reader = create_context_streams[SessionMessage](0)
 
