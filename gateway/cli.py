@@ -169,10 +169,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def _install_extras(gateway: Any) -> None:
     """The gateway's own resources and prompt (the audit trail, the agent policy)."""
-    try:
-        from gateway.audit.resources import install
-    except ImportError:  # pragma: no cover - during bring-up only
-        return
+    from gateway.audit.resources import install
+
     install(gateway)
 
 
