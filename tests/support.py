@@ -25,6 +25,60 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_SERVER = REPO / "examples" / "payments_server.py"
 
 
+def alive(pid: int) -> bool:
+    """Running: it exists and is not a zombie (an exited child waiting to be reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
+
+
+NODE_CACHE = Path(os.environ.get("IDEM_NODE_CACHE") or REPO / ".ci" / "node-cache")
+
+
+def npm_package(spec: str, entry: str) -> Path:
+    """``NODE_CACHE/node_modules/<entry>``, installing ``spec`` with npm first if it is missing.
+
+    Without Node.js and npm the calling test is skipped, except in CI (``CI`` set), where it fails.
+    """
+    import shutil
+    import subprocess
+
+    import pytest
+
+    path = NODE_CACHE / "node_modules" / entry
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        reason = f"Node.js and npm are needed for {spec}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    if not path.exists():
+        NODE_CACHE.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            [
+                npm,
+                "install",
+                "--prefix",
+                str(NODE_CACHE),
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                spec,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, f"npm install {spec} failed:\n{done.stderr}"
+    return path
+
+
 def new_key() -> str:
     return str(uuid.uuid4())
 

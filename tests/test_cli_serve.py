@@ -26,7 +26,7 @@ from mcp import Client
 from mcp.client._transport import TransportStreams
 from mcp.shared.message import SessionMessage
 
-from tests.support import REPO, Setup, new_key, outcome, wait_for
+from tests.support import REPO, Setup, alive, new_key, outcome, wait_for
 
 WAIT = 30.0
 
@@ -102,23 +102,10 @@ async def piped_gateway(setup: Setup) -> AsyncIterator[PipedGateway]:
                 await process.wait()
 
 
-def gone(pid: int) -> bool:
-    """Not running: no such process, or a zombie waiting for a reaper that is not its parent."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-    return any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
-
-
 async def downstream_pid(client: Client) -> int:
     result = await client.call_tool("whoami", {"idempotency_key": new_key()})
     pid = int(result.structured_content["pid"])
-    assert not gone(pid)
+    assert alive(pid)
     return pid
 
 
@@ -158,7 +145,7 @@ async def test_sigterm_stops_the_gateway_and_its_downstream(setup: Setup) -> Non
                 gateway.process.send_signal(signal.SIGTERM)
                 with anyio.fail_after(WAIT):
                     await gateway.process.wait()
-        await wait_for(lambda: gone(pid), timeout=WAIT)
+        await wait_for(lambda: not alive(pid), timeout=WAIT)
     assert gateway.process.returncode == 0
 
 
@@ -171,7 +158,7 @@ async def test_closing_stdin_stops_the_gateway_and_its_downstream(setup: Setup) 
                 await gateway.process.stdin.aclose()
                 with anyio.fail_after(WAIT):
                     await gateway.process.wait()
-        await wait_for(lambda: gone(pid), timeout=WAIT)
+        await wait_for(lambda: not alive(pid), timeout=WAIT)
     assert gateway.process.returncode == 0
 
 

@@ -7,51 +7,22 @@ The Inspector is installed with npm into ``.ci/node-cache`` (kept between runs, 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from tests.support import REPO, Setup, new_key
+from tests.support import Setup, new_key, npm_package
 
 pytestmark = pytest.mark.node
 
 INSPECTOR = "@modelcontextprotocol/inspector@0.15"
-CACHE = Path(os.environ.get("IDEM_NODE_CACHE") or REPO / ".ci" / "node-cache")
-BIN = CACHE / "node_modules" / ".bin" / "mcp-inspector"
 
 
 @pytest.fixture(scope="module")
 def inspector() -> Path:
-    npm = shutil.which("npm")
-    if npm is None:
-        reason = "npm is not installed: the MCP Inspector test needs Node.js and npm"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    if not BIN.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            [
-                npm,
-                "install",
-                "--prefix",
-                str(CACHE),
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-                INSPECTOR,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"npm install {INSPECTOR} failed:\n{done.stderr}"
-    return BIN
+    return npm_package(INSPECTOR, ".bin/mcp-inspector")
 
 
 @pytest.fixture

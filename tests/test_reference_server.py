@@ -7,40 +7,20 @@ gateway bridges the two revisions. Installed with npm into ``.ci/node-cache`` li
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, Setup, error_code, new_key, outcome, toml_value
+from tests.support import Setup, error_code, new_key, npm_package, outcome, toml_value
 
 pytestmark = pytest.mark.node
 
 PACKAGE = "@modelcontextprotocol/server-memory@2026.8.31"
-CACHE = Path(os.environ.get("IDEM_NODE_CACHE") or REPO / ".ci" / "node-cache")
-ENTRY = CACHE / "node_modules" / "@modelcontextprotocol" / "server-memory" / "dist" / "index.js"
 
 
 @pytest.fixture(scope="module")
 def memory_server() -> Path:
-    npm, node = shutil.which("npm"), shutil.which("node")
-    if npm is None or node is None:
-        reason = "Node.js and npm are needed for the reference memory server"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    if not ENTRY.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            [npm, "install", "--prefix", str(CACHE), "--no-audit", "--no-fund", "--loglevel=error", PACKAGE],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"npm install {PACKAGE} failed:\n{done.stderr}"
-    return ENTRY
+    return npm_package(PACKAGE, "@modelcontextprotocol/server-memory/dist/index.js")
 
 
 @pytest.fixture

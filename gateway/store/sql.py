@@ -192,28 +192,15 @@ _HELD_IN_PROGRESS = and_(_HELD, _R.state == IN_PROGRESS)
 _GET = select(*_RECORD_COLUMNS).where(_KEY)
 _GET_FOR_UPDATE = _GET.with_for_update()
 _INSERT_EVENT = insert(EVENTS)
-_COMPLETE = (
-    update(RECORDS)
-    .where(_HELD_IN_PROGRESS)
-    .values(
-        state=COMPLETED,
-        result=bindparam("v_result"),
-        is_error=bindparam("v_is_error"),
-        first_executed_at=bindparam("v_executed_at"),
-        lease_expires_at=None,
-    )
-)
-_RESOLVE = (
-    update(RECORDS)
-    .where(_HELD)
-    .values(
-        state=COMPLETED,
-        result=bindparam("v_result"),
-        is_error=bindparam("v_is_error"),
-        first_executed_at=bindparam("v_executed_at"),
-        lease_expires_at=None,
-    )
-)
+_COMPLETED_VALUES: dict[str, Any] = {
+    "state": COMPLETED,
+    "result": bindparam("v_result"),
+    "is_error": bindparam("v_is_error"),
+    "first_executed_at": bindparam("v_executed_at"),
+    "lease_expires_at": None,
+}
+_COMPLETE = update(RECORDS).where(_HELD_IN_PROGRESS).values(**_COMPLETED_VALUES)  # the live holder
+_RESOLVE = update(RECORDS).where(_HELD).values(**_COMPLETED_VALUES)  # an operator, any state
 _MARK_UNKNOWN = update(RECORDS).where(_HELD_IN_PROGRESS).values(state=UNKNOWN, lease_expires_at=None)
 _RENEW = update(RECORDS).where(_HELD_IN_PROGRESS).values(lease_expires_at=bindparam("v_lease"))
 _RELEASE = delete(RECORDS).where(_HELD_IN_PROGRESS)

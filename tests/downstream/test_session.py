@@ -28,6 +28,7 @@ from gateway.downstream import (
     State,
 )
 from gateway.manifests.models import ServerSpec
+from tests.support import alive, read_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "examples" / "payments_server.py"
@@ -53,18 +54,7 @@ def stdio_spec(tmp_path: Path, name: str = "payments", **overrides: Any) -> Serv
 
 
 def ledger(tmp_path: Path) -> list[dict[str, Any]]:
-    path = tmp_path / "ledger.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return read_ledger(tmp_path / "ledger.jsonl")
 
 
 @asynccontextmanager

@@ -16,7 +16,7 @@ import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.support import Setup, error_code, meta_of, new_key, outcome, wait_for
+from tests.support import Setup, alive, error_code, meta_of, new_key, outcome, wait_for
 
 INVOICE = {"customer": "acme", "amount": 120.5, "currency": "EUR"}
 
@@ -341,7 +341,7 @@ async def test_downstream_unreachable_before_sending_releases_the_key(setup: Set
         pid = (await client.call_tool("whoami", {"idempotency_key": new_key()})).structured_content["pid"]
         marker.unlink()
         os.kill(pid, signal.SIGKILL)
-        await wait_for(lambda: not _alive(pid))
+        await wait_for(lambda: not alive(pid))
         # Until the gateway has read the dead pipe's EOF, a call racing that moment is reported
         # as unknown (the conservative answer). A read-only call shows when it has noticed.
         with anyio.fail_after(20):
@@ -398,7 +398,7 @@ async def test_gateway_killed_mid_call_leaves_the_key_unknown_for_the_next_gatew
                     tg.start_soon(client.call_tool, "slow_op", args)
                     await wait_for(lambda: len(setup.executions("slow_op")) == 1)
                     os.kill(gateway_pid, signal.SIGKILL)
-    if _alive(downstream_pid):
+    if alive(downstream_pid):
         os.kill(downstream_pid, signal.SIGKILL)
     async with setup.client("--lease-ttl", "1") as client:
         retry = await client.call_tool("slow_op", args)
@@ -492,16 +492,3 @@ async def test_both_protocol_eras_get_the_same_semantics(setup: Setup, mode: str
         "idempotency_key_conflict",
     )
     assert len(setup.executions("create_invoice")) == 1
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it has exited for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
