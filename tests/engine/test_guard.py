@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -162,3 +163,39 @@ async def test_concurrent_duplicates_wait_and_get_the_first_result(store: Store)
     outcomes = sorted(r["_meta"]["idem-gateway/outcome"] for r in results)
     assert outcomes == ["executed"] + ["replayed"] * 19
     assert len({r["content"][0]["text"] for r in results}) == 1
+
+
+@pytest.mark.parametrize("path", ["expired", "unknown_forwarded"])
+async def test_racing_retries_take_over_a_record_once(store: Store, path: str) -> None:
+    """Many retries race to take over one record (past retention, or unknown with a forwarded
+    key): one of them re-executes, the others wait for it and replay its result."""
+    clock = Clock()
+    guard = Guard(store, clock=clock)
+    if path == "expired":
+        await guard.run(intent(retention=60.0), Downstream())
+        clock.advance(seconds=61)
+    else:
+        with pytest.raises(OutcomeUnknown):
+            await guard.run(intent(retention=60.0), _lost)
+    retry_intent = replace(intent(retention=60.0), forwards_key=path == "unknown_forwarded")
+    down = Downstream()
+    down.hold = True
+    results: list[dict[str, Any]] = []
+
+    async def retry() -> None:
+        results.append(await guard.run(retry_intent, down))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(retry)
+            await down.entered.wait()
+            down.release.set()
+    assert down.executions == 1
+    outcomes = sorted(r["_meta"]["idem-gateway/outcome"] for r in results)
+    assert outcomes == ["executed"] + ["replayed"] * 19
+
+
+async def _lost() -> dict[str, Any]:
+    """A downstream call whose outcome never came back."""
+    raise TimeoutError("no answer")
