@@ -36,7 +36,13 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.dispatcher import CallOptions
 from mcp.shared.exceptions import MCPError
 
-from gateway.downstream.errors import DownstreamLost, DownstreamRejected, DownstreamUnavailable, LostReason
+from gateway.downstream.errors import (
+    BEFORE_EXECUTION_CODES,
+    DownstreamLost,
+    DownstreamRejected,
+    DownstreamUnavailable,
+    LostReason,
+)
 from gateway.manifests.models import ServerSpec
 
 logger = logging.getLogger(__name__)
@@ -444,9 +450,12 @@ class DownstreamSession:
             if exc.code == types.CONNECTION_CLOSED:
                 reason: LostReason = "cancelled" if self._closing else "connection_lost"
                 raise DownstreamLost(f"{self.name}: connection closed mid-call", reason=reason) from exc
-            raise DownstreamRejected(
-                self._scrub(f"{self.name}: {exc.error.message}"), code=exc.code, data=exc.error.data
-            ) from exc
+            message = self._scrub(f"{self.name}: {exc.error.message}")
+            if exc.code in BEFORE_EXECUTION_CODES:
+                raise DownstreamRejected(message, code=exc.code, data=exc.error.data) from exc
+            # Any other error (-32603 internal error, a server-defined code) may come after the
+            # tool acted: the outcome is unknown.
+            raise DownstreamLost(message, reason="error_after_send", code=exc.code) from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError) as exc:
             # The write itself failed part-way: it may have reached the peer.
             raise DownstreamLost(f"{self.name}: transport failed mid-call", reason="connection_lost") from exc
