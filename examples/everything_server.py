@@ -446,7 +446,7 @@ async def list_roots(ctx: Ctx, arguments: dict[str, Any]) -> ToolResult:
     got = await ask(ctx, arguments, "roots", types.ListRootsRequest(), types.ListRootsResult)
     if isinstance(got, types.InputRequiredResult):
         return got
-    roots = [{"uri": str(r.uri), "name": r.name} for r in got.roots]
+    roots = [{"uri": str(r.uri), **({"name": r.name} if r.name is not None else {})} for r in got.roots]
     return structured({"roots": roots, "list_changed_notifications": STATE.roots_changed})
 
 
