@@ -20,6 +20,7 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.subscriptions import ResourceUpdated, ToolsListChanged
+from pydantic import FileUrl
 
 FIXTURE = Path(__file__).resolve().parent.parent / "examples" / "everything_server.py"
 WATCHED = "test://watched-resource"
@@ -36,20 +37,20 @@ class Peer:
         self.notifications: list[Any] = []
         self.arrived = anyio.Event()
 
-    async def sampling(self, ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    async def sampling(self, context: Any, params: Any) -> types.CreateMessageResult:
         self.asked.append("sampling")
         content = types.TextContent(type="text", text="a scripted completion")
         return types.CreateMessageResult(role="assistant", content=content, model="script")
 
-    async def elicitation(self, ctx: Any, params: Any) -> types.ElicitResult:
+    async def elicitation(self, context: Any, params: Any) -> types.ElicitResult:
         self.asked.append(f"elicitation/{params.mode}")
         if params.mode == "url":
             return types.ElicitResult(action="decline")
         return types.ElicitResult(action="accept", content={"username": "ada", "email": "ada@example.com"})
 
-    async def roots(self, ctx: Any) -> types.ListRootsResult:
+    async def roots(self, context: Any) -> types.ListRootsResult:
         self.asked.append("roots")
-        return types.ListRootsResult(roots=[types.Root(uri="file:///srv/project", name="project")])
+        return types.ListRootsResult(roots=[types.Root(uri=FileUrl("file:///srv/project"), name="project")])
 
     async def logging(self, params: types.LoggingMessageNotificationParams) -> None:
         self.logs.append(str(params.data))
@@ -86,10 +87,10 @@ def text_of(result: types.CallToolResult) -> str:
 @pytest.mark.parametrize("mode", ERAS)
 async def test_the_fixture_asks_the_client_and_reports_back_in_both_eras(mode: str) -> None:
     peer = Peer()
-    progress: list[float] = []
+    reported: list[float] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append(progress)
 
     with anyio.fail_after(WAIT):
         async with fixture(mode, peer) as client:
@@ -111,7 +112,7 @@ async def test_the_fixture_asks_the_client_and_reports_back_in_both_eras(mode: s
         "Tool processing data",
         "Tool execution completed",
     ]
-    assert not progressed.is_error and progress == [0, 50, 100]
+    assert not progressed.is_error and reported == [0, 50, 100]
 
 
 async def test_a_2025_client_hears_only_the_log_levels_it_set() -> None:

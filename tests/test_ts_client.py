@@ -111,7 +111,7 @@ async def test_the_ts_client_answers_the_fixtures_requests_and_hears_its_notific
 
 
 async def test_the_ts_client_hears_a_resource_update_and_a_tool_list_change(connect: dict[str, Any]) -> None:
-    operations = [
+    operations: list[dict[str, Any]] = [
         {"op": "resources/subscribe", "uri": "test://watched-resource"},
         {"op": "tools/call", "name": "test_update_resource"},
         {"op": "wait", "method": "notifications/resources/updated", "timeoutMs": 10000},

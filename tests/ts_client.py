@@ -1,4 +1,4 @@
-"""The TypeScript SDK's client as a test client: ``tests/node/ts_client.mjs`` driven by a JSON plan.
+"""The TypeScript SDK's client as a test client: ``tests/js/ts_client.mjs`` driven by a JSON plan.
 
 A 2025-11-25 client nobody here wrote (``@modelcontextprotocol/sdk`` 1.x from npm, run with
 Node 22): it connects over stdio (spawning a command) or streamable HTTP, declares sampling,
@@ -21,7 +21,7 @@ import anyio
 from tests import node
 
 TS_SDK = "@modelcontextprotocol/sdk@1"
-DRIVER = Path(__file__).resolve().parent / "node" / "ts_client.mjs"
+DRIVER = Path(__file__).resolve().parent / "js" / "ts_client.mjs"
 
 
 def stdio(
