@@ -21,6 +21,8 @@ import anyio
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
+from tests import node
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_SERVER = REPO / "examples" / "payments_server.py"
 
@@ -38,7 +40,7 @@ def alive(pid: int) -> bool:
     return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
 
 
-NODE_CACHE = Path(os.environ.get("IDEM_NODE_CACHE") or REPO / ".ci" / "node-cache")
+NODE_CACHE = node.NODE_CACHE
 
 
 def npm_package(spec: str, entry: str) -> Path:
@@ -46,37 +48,7 @@ def npm_package(spec: str, entry: str) -> Path:
 
     Without Node.js and npm the calling test is skipped, except in CI (``CI`` set), where it fails.
     """
-    import shutil
-    import subprocess
-
-    import pytest
-
-    path = NODE_CACHE / "node_modules" / entry
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        reason = f"Node.js and npm are needed for {spec}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    if not path.exists():
-        NODE_CACHE.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            [
-                npm,
-                "install",
-                "--prefix",
-                str(NODE_CACHE),
-                "--no-audit",
-                "--no-fund",
-                "--loglevel=error",
-                spec,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"npm install {spec} failed:\n{done.stderr}"
-    return path
+    return node.npm_package(spec, entry)
 
 
 def new_key() -> str:
