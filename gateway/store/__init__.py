@@ -1,9 +1,21 @@
 """Durable records and audit events, behind a small interface (``base.Store``)."""
 
-from gateway.store.base import Store
-from gateway.store.records import Claim, ClaimResult, Event, EventQuery, Record, RecordState
+from gateway.store.base import AuditLog, RecordStore, Store
+from gateway.store.records import Claim, ClaimResult, Event, EventQuery, Record, RecordState, Settled
 
-__all__ = ["Claim", "ClaimResult", "Event", "EventQuery", "Record", "RecordState", "Store", "open_store"]
+__all__ = [
+    "AuditLog",
+    "Claim",
+    "ClaimResult",
+    "Event",
+    "EventQuery",
+    "Record",
+    "RecordState",
+    "RecordStore",
+    "Settled",
+    "Store",
+    "open_store",
+]
 
 
 def open_store(url: str, **kwargs: object) -> Store:

@@ -7,7 +7,7 @@ the store only applies them atomically (and fenced).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -16,8 +16,13 @@ class RecordState(enum.StrEnum):
     """Where a key stands.
 
     IN_PROGRESS ─complete→ COMPLETED ─retention ends→ (deleted, or EXPIRED tombstone)
-        │ ├─release (not sent / error not stored / resolved failed)→ (deleted)
-        │ └─timeout, lost connection, dead lease holder→ UNKNOWN ─resolve→ COMPLETED | (deleted)
+        │ ├─release (not sent / rejected before execution / error not stored)→ (deleted)
+        │ └─timeout, lost connection, error after sending, dead lease holder→ UNKNOWN
+        │                                     UNKNOWN ─the holder's late result→ COMPLETED
+        │                                     UNKNOWN ─resolve→ COMPLETED | (deleted)
+        └─take over (expired COMPLETED, forwarded-key re-send)→ IN_PROGRESS, fence + 1
+
+    UNKNOWN never expires: neither retention nor purge ends it, only a settlement does.
     """
 
     IN_PROGRESS = "in_progress"
@@ -43,6 +48,14 @@ class Record:
     first_executed_at: datetime | None = None
     result: dict[str, Any] | None = None  # the CallToolResult exactly as the downstream sent it
     is_error: bool = False
+
+
+class Settled(enum.StrEnum):
+    """What a holder's completion did."""
+
+    COMPLETED = "completed"  # IN_PROGRESS → COMPLETED: the normal case
+    LATE = "settled_late"  # UNKNOWN → COMPLETED under the holder's own fence (it came back in time)
+    LOST = "lost"  # the key moved on (taken over, resolved, released): nothing written
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,3 +111,9 @@ class EventQuery:
     outcome: str | None = None
     since: datetime | None = None
     limit: int = 100
+
+
+def late(event: Event, now: datetime) -> Event:
+    """The completion event of a result that settled an unknown key (its holder came back):
+    dated when it settled, after the ``unknown`` event it answers."""
+    return replace(event, at=max(event.at, now), detail={**event.detail, "settled_late": True})

@@ -1,28 +1,38 @@
-"""``SqlStore``: the ``Store`` primitives on SQLite or PostgreSQL, through one SQLAlchemy Core path.
+"""``SqlStore``: the ``Store`` on SQLite or PostgreSQL, through one SQLAlchemy Core path.
 
-Every primitive is one short transaction of one or two statements, run in a worker thread so
-the event loop never waits on the database. Writes that change a record are conditional on
-``(principal, key, fence[, state])`` and the row count decides; nothing reads and then writes
-on the strength of what it read (except ``resolve``, which locks the row first).
+Every primitive is one short transaction of one or two statements. Writes that change a record
+are conditional on ``(principal, key, fence[, state][, lease])`` and the row count decides;
+nothing reads and then writes on the strength of what it read.
+
+Where it runs: a SQLite file store runs the hot, non-durable calls (reads, completions, events)
+on the event loop's thread when the write lock is free at once (a busy database goes to a worker
+thread, which waits); durable writes (claims, take-overs, resolutions) go through a group
+commit in a worker thread (``group_commit``), with ``synchronous = FULL`` so they are fsynced
+before the call is sent downstream, and concurrent claims share one fsync. Everything else
+commits with ``synchronous = NORMAL``: a completion lost in a power cut leaves the claim, whose
+lease dies, so the key turns unknown, never executable. PostgreSQL calls run in worker
+threads, each session with ``synchronous_commit = on`` whatever the server's default.
+
+Clocks: on PostgreSQL the database's time is measured (``sync_clock``) and ``now()`` follows it,
+so replicas with skewed wall clocks judge leases alike (``clock``).
 
 The SQL stays inside what PostgreSQL-compatible distributed engines (CockroachDB) run:
 ``INSERT ... ON CONFLICT DO NOTHING``, conditional ``UPDATE``/``DELETE``, row-value ``IN``;
-no LISTEN/NOTIFY, no advisory locks. Serialization failures (SQLSTATE 40001/40P01) are
-retried a few times, since every transaction here is safe to run again.
+no LISTEN/NOTIFY, no advisory locks, no sequences. Serialization failures (SQLSTATE
+40001/40P01) are retried with jittered backoff, since every transaction here is safe to rerun.
 
 Foreign errors (SQLAlchemy, the DBAPI driver, the file system) become
 ``gateway.errors.StoreUnavailable`` once, in ``_run``; the URL's password never reaches a message.
-
-SQLite: WAL, ``synchronous=NORMAL``, a busy timeout, and every write transaction opened with
-``BEGIN IMMEDIATE`` (the driver's own transaction handling is switched off), so two writers
-queue on the busy timeout instead of deadlocking on a read-to-write lock upgrade.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
+import random
+import secrets
 import sqlite3
 import threading
 import time
@@ -31,8 +41,9 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+import anyio
 import anyio.to_thread
 from sqlalchemy import (
     Connection,
@@ -57,13 +68,28 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
 from gateway.errors import StoreUnavailable
-from gateway.store.records import Claim, ClaimResult, Event, EventQuery, Record, RecordState
-from gateway.store.tables import EVENTS, RECORDS, SCHEMA_VERSION, TABLES, VERSION
+from gateway.store.clock import StoreClock
+from gateway.store.group_commit import GroupCommit
+from gateway.store.records import (
+    Claim,
+    ClaimResult,
+    Event,
+    EventQuery,
+    Record,
+    RecordState,
+    Settled,
+    late,
+)
+from gateway.store.tables import EVENTS, RECORDS, SCHEMA_VERSION, SETTINGS, TABLES, VERSION
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_SECRET_CHECK = "fingerprint_key_check"
+_DATABASE_TIME = "SELECT extract(epoch from clock_timestamp())"
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 _ATTEMPTS = 5
 
@@ -188,26 +214,34 @@ def _event_params(ev: Event) -> dict[str, Any]:
 _KEY = and_(_R.principal == bindparam("p"), _R.key == bindparam("k"))
 _HELD = and_(_KEY, _R.fence == bindparam("f"))
 _HELD_IN_PROGRESS = and_(_HELD, _R.state == IN_PROGRESS)
+_HELD_UNKNOWN = and_(_HELD, _R.state == UNKNOWN)
+_AS_READ = and_(_HELD, _R.state == bindparam("s"))  # exactly the record the caller read
+_NO_LIVE_LEASE = func.coalesce(_R.lease_expires_at, 0) <= bindparam("now")
 
 _GET = select(*_RECORD_COLUMNS).where(_KEY)
-_GET_FOR_UPDATE = _GET.with_for_update()
 _INSERT_EVENT = insert(EVENTS)
 _COMPLETED_VALUES: dict[str, Any] = {
     "state": COMPLETED,
     "result": bindparam("v_result"),
     "is_error": bindparam("v_is_error"),
     "first_executed_at": bindparam("v_executed_at"),
+    "expires_at": bindparam("v_expires"),
+    "tombstone_until": bindparam("v_tombstone"),
     "lease_expires_at": None,
 }
 _COMPLETE = update(RECORDS).where(_HELD_IN_PROGRESS).values(**_COMPLETED_VALUES)  # the live holder
-_RESOLVE = update(RECORDS).where(_HELD).values(**_COMPLETED_VALUES)  # an operator, any state
+_COMPLETE_LATE = update(RECORDS).where(_HELD_UNKNOWN).values(**_COMPLETED_VALUES)  # it came back
+_RESOLVE = update(RECORDS).where(_AS_READ).values(**_COMPLETED_VALUES)  # an operator
 _MARK_UNKNOWN = update(RECORDS).where(_HELD_IN_PROGRESS).values(state=UNKNOWN, lease_expires_at=None)
+_MARK_DEAD_UNKNOWN = (
+    update(RECORDS).where(_HELD_IN_PROGRESS, _NO_LIVE_LEASE).values(state=UNKNOWN, lease_expires_at=None)
+)
 _RENEW = update(RECORDS).where(_HELD_IN_PROGRESS).values(lease_expires_at=bindparam("v_lease"))
 _RELEASE = delete(RECORDS).where(_HELD_IN_PROGRESS)
-_DELETE_HELD = delete(RECORDS).where(_HELD)
+_DELETE_AS_READ = delete(RECORDS).where(_AS_READ)
 _TAKE_OVER = (
     update(RECORDS)
-    .where(_HELD)
+    .where(_AS_READ, _NO_LIVE_LEASE)
     .values(
         server=bindparam("v_server"),
         tool=bindparam("v_tool"),
@@ -225,16 +259,20 @@ _TAKE_OVER = (
     )
 )
 
-# Purge: a record is past retention when expires_at <= now; it is not touched while a live
-# lease still holds it (a call that outlived its retention is still running).
-_PAST_RETENTION = and_(
-    _R.expires_at <= bindparam("now"),
-    or_(_R.state != IN_PROGRESS, func.coalesce(_R.lease_expires_at, 0) <= bindparam("now")),
-)
+# Purge: only a COMPLETED record's retention ends (an IN_PROGRESS record may still be running,
+# whatever its retention says; an UNKNOWN one waits for a settlement). Past it, the record is
+# deleted, or kept as an EXPIRED tombstone (result dropped) while tombstone_until lasts.
+_COMPLETED_PAST_RETENTION = and_(_R.state == COMPLETED, _R.expires_at <= bindparam("now"))
+_TOMBSTONE_OVER = or_(_R.tombstone_until.is_(None), _R.tombstone_until <= bindparam("now"))
 _PURGE_DELETE = delete(RECORDS).where(
     tuple_(_R.principal, _R.key).in_(
         select(_R.principal, _R.key)
-        .where(_PAST_RETENTION, or_(_R.tombstone_until.is_(None), _R.tombstone_until <= bindparam("now")))
+        .where(
+            or_(
+                and_(_COMPLETED_PAST_RETENTION, _TOMBSTONE_OVER),
+                and_(_R.state == EXPIRED, _TOMBSTONE_OVER),
+            )
+        )
         .limit(bindparam("batch"))
     )
 )
@@ -243,7 +281,7 @@ _PURGE_TOMBSTONE = (
     .where(
         tuple_(_R.principal, _R.key).in_(
             select(_R.principal, _R.key)
-            .where(_PAST_RETENTION, _R.tombstone_until > bindparam("now"), _R.state != EXPIRED)
+            .where(_COMPLETED_PAST_RETENTION, _R.tombstone_until > bindparam("now"))
             .limit(bindparam("batch"))
         )
     )
@@ -312,6 +350,13 @@ class _Busy(Exception):
     """The SQLite write lock is held elsewhere: retry the call on a worker thread, which waits."""
 
 
+def new_fence() -> int:
+    """A new record's fence: random, so it never repeats a deleted incarnation's (released,
+    resolved, purged) even if a clock steps back; a stale holder of an earlier incarnation can
+    match it only with probability 2**-62. A take-over uses the previous fence + 1."""
+    return secrets.randbits(62) + 1
+
+
 class SqlStore:
     """The ``Store`` on SQLite (``sqlite:///path.db``) or PostgreSQL (``postgresql+psycopg://...``)."""
 
@@ -326,17 +371,28 @@ class SqlStore:
         self._pool_size = pool_size
         self._sqlite = self._url.get_backend_name() == "sqlite"
         self._memory = self._sqlite and self._url.database in (None, "", ":memory:")
+        self._file: Path | None = (
+            Path(self._url.database).expanduser().absolute()
+            if self._sqlite and not self._memory and self._url.database
+            else None
+        )
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we opened
+        self.clock = StoreClock()
         # One in-memory SQLite connection is shared by every thread: run one call at a time.
         self._serial: Any = threading.Lock() if self._memory else nullcontext()
         # SQLite file stores run hot calls on the event loop's thread over this connection,
         # which never waits for a lock (busy_timeout 0): a busy database goes to a worker thread.
         self._inline_conn: Any = None
+        # ...and durable writes in rounds on this one (synchronous = FULL), see group_commit.
+        self._durable_conn: Any = None
+        self._group = GroupCommit(self._durable_round)
         self._local = threading.local()
         dialect_insert = sqlite_dialect.insert if self._sqlite else pg_dialect.insert
         self._insert_claim = dialect_insert(RECORDS).on_conflict_do_nothing(
             index_elements=["principal", "key"]
         )
         self._insert_version = dialect_insert(VERSION).on_conflict_do_nothing(index_elements=["id"])
+        self._insert_setting = dialect_insert(SETTINGS).on_conflict_do_nothing(index_elements=["name"])
         self._driver_error: type[BaseException] = sqlite3.Error
         self._integrity_error: type[BaseException] = sqlite3.IntegrityError
         self._engine = self._create_engine()
@@ -344,13 +400,14 @@ class SqlStore:
         self._sql_claim = _Prepared(self._insert_claim, dialect, _RECORD_KEYS)
         self._sql_event = _Prepared(_INSERT_EVENT, dialect, _EVENT_KEYS)
         self._sql_get = _Prepared(_GET, dialect)
-        self._sql_get_for_update = _Prepared(_GET_FOR_UPDATE, dialect)
         self._sql_complete = _Prepared(_COMPLETE, dialect)
+        self._sql_complete_late = _Prepared(_COMPLETE_LATE, dialect)
         self._sql_resolve = _Prepared(_RESOLVE, dialect)
         self._sql_mark_unknown = _Prepared(_MARK_UNKNOWN, dialect)
+        self._sql_mark_dead_unknown = _Prepared(_MARK_DEAD_UNKNOWN, dialect)
         self._sql_renew = _Prepared(_RENEW, dialect)
         self._sql_release = _Prepared(_RELEASE, dialect)
-        self._sql_delete_held = _Prepared(_DELETE_HELD, dialect)
+        self._sql_delete_as_read = _Prepared(_DELETE_AS_READ, dialect)
         self._sql_take_over = _Prepared(_TAKE_OVER, dialect)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -381,6 +438,7 @@ class SqlStore:
                     pool_pre_ping=True,
                     connect_args={"connect_timeout": max(2, math.ceil(self._busy_timeout))},
                 )
+                event.listen(engine, "connect", self._on_postgres_connect)
         except (ArgumentError, ImportError) as exc:
             raise StoreUnavailable(f"the store {self._safe_url} cannot be used: {exc}") from exc
         dbapi = engine.dialect.loaded_dbapi
@@ -389,7 +447,8 @@ class SqlStore:
         return engine
 
     def _on_sqlite_connect(self, dbapi_connection: Any, _record: Any) -> None:
-        """Per connection: wait for locks up to the busy timeout, WAL, fsync only at checkpoints."""
+        """Per connection: wait for locks up to the busy timeout, WAL, fsync only at checkpoints
+        (the durable connection turns fsync-at-commit on for itself)."""
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
@@ -399,6 +458,17 @@ class SqlStore:
             cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()
+
+    @staticmethod
+    def _on_postgres_connect(dbapi_connection: Any, _record: Any) -> None:
+        """A commit returns only once it is on the server's disk, whatever the server's default:
+        a claim that a crash of the database could erase would let a retry run the call again."""
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SET synchronous_commit TO on")
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
 
     def _enable_wal(self, cursor: Any) -> None:
         """Switch to WAL, waiting out a concurrent opener (SQLite answers this pragma "locked"
@@ -420,10 +490,11 @@ class SqlStore:
 
     async def open(self) -> None:
         await self._call(self._open)
+        await self.sync_clock()
 
     def _open(self) -> None:
-        if self._sqlite and not self._memory and self._url.database:
-            Path(self._url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if self._file is not None:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
         version = 0
         for attempt in range(_ATTEMPTS):
             try:
@@ -441,11 +512,51 @@ class SqlStore:
                 f"the store {self._safe_url} has schema version {version}, newer than this gateway's "
                 f"{SCHEMA_VERSION}: upgrade the gateway"
             )
+        if self._file is not None:
+            st = self._file.stat()
+            self._identity = (st.st_dev, st.st_ino)
+        elif not self._sqlite:
+            with self._read() as conn:
+                if str(conn.exec_driver_sql("SHOW fsync").scalar_one()).lower() == "off":
+                    logger.warning(
+                        "the PostgreSQL server runs with fsync = off: a crash of the database can lose "
+                        "claims, and a retry could then run a call twice. Turn fsync on for production."
+                    )
+
+    async def bind_secret(self, check: str) -> bool:
+        return await self._call(self._bind_secret, check)
+
+    def _bind_secret(self, check: str) -> bool:
+        with self._write() as conn:
+            conn.execute(self._insert_setting, {"name": _SECRET_CHECK, "value": check})
+            stored = conn.execute(
+                select(SETTINGS.c.value).where(SETTINGS.c.name == _SECRET_CHECK)
+            ).scalar_one()
+        return bool(stored == check)
+
+    async def sync_clock(self) -> None:
+        """On a shared server, measure the database's time (see ``clock``); SQLite is local."""
+        if not self._sqlite:
+            await self._call(self._sync_clock)
+
+    def _sync_clock(self) -> None:
+        with self._read() as conn:
+            sent = self.clock.local()
+            store_time = float(
+                conn.exec_driver_sql("SELECT extract(epoch from clock_timestamp())").scalar_one()
+            )
+            received = self.clock.local()
+        self.clock.observe(sent, store_time, received)
+
+    def now(self) -> datetime:
+        return self.clock.now()
 
     async def close(self) -> None:
-        if self._inline_conn is not None:
-            self._inline_conn.close()
-            self._inline_conn = None
+        for attr in ("_inline_conn", "_durable_conn"):
+            conn = getattr(self, attr)
+            if conn is not None:
+                conn.close()
+                setattr(self, attr, None)
         await anyio.to_thread.run_sync(self._engine.dispose)
 
     # -- the boundary: threads, transactions, error translation -----------------------------
@@ -456,12 +567,12 @@ class SqlStore:
     async def _fast(self, fn: Callable[..., T], *args: Any) -> T:
         """A hot-path call. On a SQLite file it runs right here when the lock is free at once.
 
-        A claim or a completion is ~0.1 ms of SQLite work (WAL, no fsync at commit), while a
+        A completion or a read is ~0.1 ms of SQLite work (WAL, no fsync at commit), while a
         trip to a worker thread and back costs about as much again; so the work is done on the
         loop's thread, without ever waiting there: if another connection holds the write lock,
         the call is handed to a worker thread that waits up to the busy timeout.
         """
-        if self._sqlite and not self._memory:
+        if self._file is not None:
             self._local.inline = True
             try:
                 return self._run(fn, *args)
@@ -470,6 +581,50 @@ class SqlStore:
             finally:
                 self._local.inline = False
         return await self._call(fn, *args)
+
+    async def _durable(self, fn: Callable[..., T], *args: Any) -> T:
+        """A write that must be on disk before the caller acts on it (see the module doc)."""
+        if self._file is not None:
+            return cast(T, await self._group.submit(functools.partial(fn, *args)))
+        with anyio.CancelScope(shield=True):  # once sent, a claim's outcome must reach its caller
+            written = await self._call(self._in_tx, fn, *args)
+        return written
+
+    def _in_tx(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._tx() as tx:
+            return fn(*args, tx)
+
+    def _durable_round(self, ops: Sequence[Callable[[_Cursor], Any]]) -> list[Any]:
+        """One group-commit round: every op in one ``BEGIN IMMEDIATE`` ... ``COMMIT`` (fsynced)."""
+        return self._run(self._durable_round_once, ops)
+
+    def _durable_round_once(self, ops: Sequence[Callable[[_Cursor], Any]]) -> list[Any]:
+        conn = self._durable_connection()
+        cursor = conn.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            tx = _Cursor(cursor)
+            values = [op(tx) for op in ops]
+            conn.commit()
+            return values
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            cursor.close()
+
+    def _durable_connection(self) -> Any:
+        if self._durable_conn is None:
+            conn = self._engine.raw_connection()
+            cursor = conn.cursor()
+            try:
+                # In WAL mode FULL syncs the log at every commit: the claim is on disk when
+                # COMMIT returns (NORMAL would wait for the next checkpoint).
+                cursor.execute("PRAGMA synchronous = FULL")
+            finally:
+                cursor.close()
+            self._durable_conn = conn
+        return self._durable_conn
 
     def _inline_connection(self) -> Any:
         if self._inline_conn is None:
@@ -485,6 +640,7 @@ class SqlStore:
     def _run(self, fn: Callable[..., T], *args: Any) -> T:
         for attempt in range(_ATTEMPTS):
             try:
+                self._check_identity()
                 with self._serial:
                     return fn(*args)
             except StoreUnavailable:
@@ -492,9 +648,25 @@ class SqlStore:
             except (SQLAlchemyError, OSError, self._driver_error, sqlite3.Error) as exc:
                 cause = exc.orig if isinstance(exc, DBAPIError) else exc
                 if getattr(cause, "sqlstate", None) in _RETRYABLE_SQLSTATES and attempt < _ATTEMPTS - 1:
+                    time.sleep(random.uniform(0, 0.005 * 2**attempt))  # a worker thread: jittered backoff
                     continue
                 raise self._unavailable(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_identity(self) -> None:
+        """Fail closed if the SQLite file we opened was deleted or replaced under us: writes
+        would go to an unlinked file and, after a restart, every key would run again."""
+        if self._identity is None or self._file is None:
+            return
+        try:
+            st = self._file.stat()
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._identity:
+            raise StoreUnavailable(
+                f"the store file {self._file} was deleted or replaced while the gateway ran; "
+                "nothing runs until the gateway is restarted on the right file"
+            )
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
@@ -544,12 +716,12 @@ class SqlStore:
     # -- records ---------------------------------------------------------------------------
 
     async def claim(self, claim: Claim) -> ClaimResult:
-        return await self._fast(self._claim, claim)
+        return await self._durable(self._claim, claim, new_fence())
 
-    def _claim(self, c: Claim) -> ClaimResult:
+    def _claim(self, c: Claim, fence: int, tx: _Cursor) -> ClaimResult:
         # Timeline of two callers A and B with the same (principal, key):
         #
-        #   A: INSERT ... ON CONFLICT DO NOTHING  → 1 row: A holds fence F, commits
+        #   A: INSERT ... ON CONFLICT DO NOTHING  → 1 row: A holds fence F, commits (fsynced)
         #   B: INSERT ... ON CONFLICT DO NOTHING  → waits for A's row lock (PostgreSQL) or the
         #      write lock (SQLite BEGIN IMMEDIATE), then 0 rows: the key exists
         #   B: SELECT the row                      → A's record (IN_PROGRESS, or later states);
@@ -559,10 +731,6 @@ class SqlStore:
         # is no window in which two callers both see "absent". Under PostgreSQL's READ COMMITTED
         # the row B conflicted with may be gone by the time B reads it (released or purged in
         # between): B then simply tries the insert again.
-        now = _us(c.now)
-        # A new record's fence never repeats a deleted one's (released, resolved, purged), so
-        # a stale holder of an earlier incarnation of this key can never complete this one.
-        fence = time.time_ns() // 1000
         params = {
             "principal": c.principal,
             "key": c.key,
@@ -573,7 +741,7 @@ class SqlStore:
             "fence": fence,
             "lease_owner": c.owner,
             "lease_expires_at": _us(c.lease_expires_at),
-            "created_at": now,
+            "created_at": _us(c.now),
             "expires_at": _us(c.expires_at),
             "tombstone_until": _us_opt(c.tombstone_until),
             "first_executed_at": None,
@@ -582,12 +750,11 @@ class SqlStore:
         }
         for _ in range(_ATTEMPTS):
             try:
-                with self._tx() as tx:
-                    if tx.run(self._sql_claim, params) == 1:
-                        return ClaimResult(acquired=True, record=_claimed(c, fence=fence))
-                    row = tx.one(self._sql_get, {"p": c.principal, "k": c.key})
+                if tx.run(self._sql_claim, params) == 1:
+                    return ClaimResult(acquired=True, record=_claimed(c, fence=fence))
             except (IntegrityError, self._integrity_error):
-                continue  # cannot happen with ON CONFLICT; if it does, the next read settles it
+                pass  # cannot happen with ON CONFLICT; if it does, the read below settles it
+            row = tx.one(self._sql_get, {"p": c.principal, "k": c.key})
             if row is not None:
                 return ClaimResult(acquired=False, record=_record(row))
         raise StoreUnavailable(f"the store {self._safe_url} kept changing key {c.key!r} during a claim")
@@ -600,31 +767,29 @@ class SqlStore:
             row = tx.one(self._sql_get, {"p": principal, "k": key})
         return None if row is None else _record(row)
 
-    async def take_over(self, claim: Claim, *, expected_fence: int) -> Record | None:
-        return await self._fast(self._take_over, claim, expected_fence)
+    async def take_over(self, claim: Claim, *, expected: Record) -> Record | None:
+        return await self._durable(self._take_over, claim, expected)
 
-    def _take_over(self, c: Claim, expected_fence: int) -> Record | None:
+    def _take_over(self, c: Claim, expected: Record, tx: _Cursor) -> Record | None:
         params = {
-            "p": c.principal,
-            "k": c.key,
-            "f": expected_fence,
+            **_as_read(expected),
+            "now": _us(c.now),
             "v_server": c.server,
             "v_tool": c.tool,
             "v_fingerprint": c.fingerprint,
-            "v_fence": expected_fence + 1,
+            "v_fence": expected.fence + 1,
             "v_owner": c.owner,
             "v_lease": _us(c.lease_expires_at),
             "v_created": _us(c.now),
             "v_expires": _us(c.expires_at),
             "v_tombstone": _us_opt(c.tombstone_until),
         }
-        with self._tx() as tx:
-            if tx.run(self._sql_take_over, params) != 1:
-                return None
-        return _claimed(c, fence=expected_fence + 1)
+        if tx.run(self._sql_take_over, params) != 1:
+            return None
+        return _claimed(c, fence=expected.fence + 1)
 
     async def renew(self, principal: str, key: str, fence: int, lease_expires_at: datetime) -> bool:
-        return await self._call(self._renew, principal, key, fence, lease_expires_at)
+        return await self._fast(self._renew, principal, key, fence, lease_expires_at)
 
     def _renew(self, principal: str, key: str, fence: int, lease_expires_at: datetime) -> bool:
         params = {"p": principal, "k": key, "f": fence, "v_lease": _us(lease_expires_at)}
@@ -640,20 +805,10 @@ class SqlStore:
         result: dict[str, Any],
         is_error: bool,
         executed_at: datetime,
+        expires_at: datetime,
+        tombstone_until: datetime | None,
         event: Event,
-    ) -> bool:
-        return await self._fast(self._complete, principal, key, fence, result, is_error, executed_at, event)
-
-    def _complete(
-        self,
-        principal: str,
-        key: str,
-        fence: int,
-        result: dict[str, Any],
-        is_error: bool,
-        executed_at: datetime,
-        ev: Event,
-    ) -> bool:
+    ) -> Settled:
         params = {
             "p": principal,
             "k": key,
@@ -661,16 +816,33 @@ class SqlStore:
             "v_result": _dumps(result),
             "v_is_error": is_error,
             "v_executed_at": _us(executed_at),
+            "v_expires": _us(expires_at),
+            "v_tombstone": _us_opt(tombstone_until),
         }
+        return await self._fast(self._complete, params, event)
+
+    def _complete(self, params: dict[str, Any], ev: Event) -> Settled:
         event_params = _event_params(ev)  # serialise outside the write lock
         with self._tx() as tx:
-            if tx.run(self._sql_complete, params) != 1:
-                return False
-            tx.run(self._sql_event, event_params)
-        return True
+            if tx.run(self._sql_complete, params) == 1:
+                tx.run(self._sql_event, event_params)
+                return Settled.COMPLETED
+            if tx.run(self._sql_complete_late, params) == 1:
+                tx.run(self._sql_event, _event_params(late(ev, self.now())))
+                return Settled.LATE
+        return Settled.LOST
 
-    async def mark_unknown(self, principal: str, key: str, fence: int, *, event: Event) -> bool:
-        return await self._fast(self._fenced_with_event, self._sql_mark_unknown, principal, key, fence, event)
+    async def mark_unknown(
+        self, principal: str, key: str, fence: int, *, event: Event, lease_dead_at: datetime | None = None
+    ) -> bool:
+        if lease_dead_at is None:
+            return await self._fast(
+                self._fenced_with_event, self._sql_mark_unknown, principal, key, fence, event
+            )
+        extra = {"now": _us(lease_dead_at)}
+        return await self._fast(
+            self._fenced_with_event, self._sql_mark_dead_unknown, principal, key, fence, event, extra
+        )
 
     async def release(self, principal: str, key: str, fence: int, *, event: Event | None) -> bool:
         """Only an IN_PROGRESS record is released: a stored result or an unknown outcome is
@@ -678,11 +850,17 @@ class SqlStore:
         return await self._fast(self._fenced_with_event, self._sql_release, principal, key, fence, event)
 
     def _fenced_with_event(
-        self, stmt: _Prepared, principal: str, key: str, fence: int, ev: Event | None
+        self,
+        stmt: _Prepared,
+        principal: str,
+        key: str,
+        fence: int,
+        ev: Event | None,
+        extra: dict[str, Any] | None = None,
     ) -> bool:
         event_params = None if ev is None else _event_params(ev)
         with self._tx() as tx:
-            if tx.run(stmt, {"p": principal, "k": key, "f": fence}) != 1:
+            if tx.run(stmt, {"p": principal, "k": key, "f": fence, **(extra or {})}) != 1:
                 return False
             if event_params is not None:
                 tx.run(self._sql_event, event_params)
@@ -693,54 +871,62 @@ class SqlStore:
         principal: str,
         key: str,
         *,
+        expected: Record,
         result: dict[str, Any] | None,
         is_error: bool,
         now: datetime,
         event: Event,
     ) -> Record | None:
-        return await self._call(self._resolve, principal, key, result, is_error, now, event)
+        return await self._durable(self._resolve, expected, result, is_error, now, event)
 
     def _resolve(
         self,
-        principal: str,
-        key: str,
+        expected: Record,
         result: dict[str, Any] | None,
         is_error: bool,
         now: datetime,
         ev: Event,
+        tx: _Cursor,
     ) -> Record | None:
         event_params = _event_params(ev)
-        with self._tx() as tx:
-            row = tx.one(self._sql_get_for_update, {"p": principal, "k": key})
-            if row is None:
+        if result is None:
+            if tx.run(self._sql_delete_as_read, _as_read(expected)) != 1:
                 return None
-            before = _record(row)
-            held = {"p": principal, "k": key, "f": before.fence}
-            if result is None:
-                tx.run(self._sql_delete_held, held)
-                tx.run(self._sql_event, event_params)
-                return before
-            executed_at = before.first_executed_at or now
-            params = {
-                **held,
-                "v_result": _dumps(result),
-                "v_is_error": is_error,
-                "v_executed_at": _us(executed_at),
-            }
-            tx.run(self._sql_resolve, params)
             tx.run(self._sql_event, event_params)
+            return expected
+        # The result is kept for the tool's retention from now on (the record carries it).
+        retention = expected.expires_at - expected.created_at
+        expires_at = now + retention
+        tombstone = (
+            None
+            if expected.tombstone_until is None
+            else expires_at + (expected.tombstone_until - expected.expires_at)
+        )
+        executed_at = expected.first_executed_at or now
+        params = {
+            **_as_read(expected),
+            "v_result": _dumps(result),
+            "v_is_error": is_error,
+            "v_executed_at": _us(executed_at),
+            "v_expires": _us(expires_at),
+            "v_tombstone": _us_opt(tombstone),
+        }
+        if tx.run(self._sql_resolve, params) != 1:
+            return None
+        tx.run(self._sql_event, event_params)
         return replace(
-            before,
+            expected,
             state=RecordState.COMPLETED,
             result=result,
             is_error=is_error,
             first_executed_at=_dt(_us(executed_at)),
             lease_expires_at=None,
+            expires_at=_EPOCH + timedelta(microseconds=_us(expires_at)),
+            tombstone_until=_dt(_us_opt(tombstone)),
         )
 
     async def purge(self, now: datetime, *, batch: int = 500) -> int:
-        """Retention ends for every state, UNKNOWN included: an outcome nobody settled within
-        the retention is forgotten like a stored result (its ``unknown`` events stay)."""
+        """Retention ends for COMPLETED records only; see ``_PURGE_DELETE``."""
         return await self._call(self._purge, now, batch)
 
     def _purge(self, now: datetime, batch: int) -> int:
@@ -814,6 +1000,11 @@ class SqlStore:
             stmt = stmt.where(_R.principal == principal)
         with self._read() as conn:
             return int(conn.execute(stmt).scalar_one())
+
+
+def _as_read(record: Record) -> dict[str, Any]:
+    """Parameters that match ``record`` only if it is still exactly as read (``_AS_READ``)."""
+    return {"p": record.principal, "k": record.key, "f": record.fence, "s": record.state.value}
 
 
 def _claimed(c: Claim, *, fence: int) -> Record:

@@ -6,7 +6,7 @@ SQLite and PostgreSQL, compared exactly by the database, and cheap to convert. J
 never queries inside them.
 
 ``schema_version`` holds one row; a later release that changes these tables reads it to
-migrate.
+migrate. ``gateway_settings`` holds what every gateway on the store must agree on.
 """
 
 from __future__ import annotations
@@ -79,7 +79,17 @@ class SchemaVersion(SQLModel, table=True):
     version: int = Field(sa_column=Column(Integer, nullable=False))
 
 
+class Setting(SQLModel, table=True):
+    """Named values the gateways on one store must agree on (the fingerprint secret's check)."""
+
+    __tablename__ = "gateway_settings"
+
+    name: str = Field(sa_column=Column(String(64), primary_key=True))
+    value: str = Field(sa_column=Column(String(255), nullable=False))
+
+
 RECORDS: Table = IdempotencyRecord.__table__  # type: ignore[attr-defined]
 EVENTS: Table = AuditEvent.__table__  # type: ignore[attr-defined]
 VERSION: Table = SchemaVersion.__table__  # type: ignore[attr-defined]
-TABLES: tuple[Table, ...] = (RECORDS, EVENTS, VERSION)
+SETTINGS: Table = Setting.__table__  # type: ignore[attr-defined]
+TABLES: tuple[Table, ...] = (RECORDS, EVENTS, VERSION, SETTINGS)

@@ -1,7 +1,9 @@
-"""The store contract: every backend (SQLite, PostgreSQL) passes the same tests.
+"""The store contract: every backend (SQLite, PostgreSQL, memory) passes the same tests.
 
-The clock is injected (fixed datetimes); nothing sleeps. Concurrency is real: asyncio tasks on
-the worker threads, and separate OS processes on one database.
+The clock is injected (fixed datetimes); nothing sleeps. Concurrency is real: asyncio tasks
+sharing the SQLite group commit or PostgreSQL's pool, and separate OS processes on one database.
+The in-memory store runs the same suite because the model checker (``tests/model``) proves the
+protocol over it: what holds there holds for the SQL the other two run.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from gateway.errors import StoreUnavailable
-from gateway.store import Claim, Event, EventQuery, RecordState, open_store
+from gateway.store import Claim, Event, EventQuery, Record, RecordState, Settled, Store, open_store
+from gateway.store.memory import MemoryStore
 from gateway.store.sql import SqlStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -69,15 +72,57 @@ def event(outcome: str = "executed", *, key: str | None = "key-0000000000000001"
     return Event(**values)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def complete(store: Store, held: Record, *, fence: int | None = None, **kw: Any) -> Settled:
+    """The holder of ``held`` completes it (``fence``: pretend to hold another fence)."""
+    at = kw.pop("executed_at", T0 + timedelta(seconds=2))
+    values: dict[str, Any] = {
+        "result": RESULT,
+        "is_error": False,
+        "executed_at": at,
+        "expires_at": at + RETENTION,
+        "tombstone_until": None,
+        "event": event(),
+    }
+    values.update(kw)
+    return await store.complete(held.principal, held.key, held.fence if fence is None else fence, **values)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"],
+)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
 def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A URL to an empty database of the backend under test."""
+    """A URL to an empty database of the backend under test (memory: no URL)."""
     if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state' / 'gateway.db'}"
+        return
+    if backend == "memory":
+        yield "memory"
+        return
+    import pg
+
+    with pg.fresh_database(request.getfixturevalue("postgres_url")) as url:
+        yield url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    s: Store = MemoryStore(clock=lambda: T0) if store_url == "memory" else SqlStore(store_url)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """For what only the SQL backends have: files, processes, drivers, reopening."""
+    if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'state' / 'gateway.db'}"
         return
     import pg
@@ -87,8 +132,8 @@ def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> I
 
 
 @pytest.fixture
-async def store(store_url: str) -> AsyncIterator[SqlStore]:
-    s = SqlStore(store_url)
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqlStore]:
+    s = SqlStore(f"sqlite:///{tmp_path / 'gateway.db'}")
     await s.open()
     try:
         yield s
@@ -99,7 +144,7 @@ async def store(store_url: str) -> AsyncIterator[SqlStore]:
 # -- claim -------------------------------------------------------------------------------------
 
 
-async def test_a_first_claim_acquires_an_in_progress_record_with_a_fresh_fence(store: SqlStore) -> None:
+async def test_a_first_claim_acquires_an_in_progress_record_with_a_fresh_fence(store: Store) -> None:
     result = await store.claim(claim())
 
     assert result.acquired
@@ -111,7 +156,7 @@ async def test_a_first_claim_acquires_an_in_progress_record_with_a_fresh_fence(s
     assert await store.get("alice", record.key) == record
 
 
-async def test_a_second_claim_returns_the_existing_record_without_acquiring(store: SqlStore) -> None:
+async def test_a_second_claim_returns_the_existing_record_without_acquiring(store: Store) -> None:
     first = await store.claim(claim(owner="owner-a"))
 
     second = await store.claim(claim(owner="owner-b", now=T0 + timedelta(seconds=1)))
@@ -120,18 +165,41 @@ async def test_a_second_claim_returns_the_existing_record_without_acquiring(stor
     assert second.record == first.record
 
 
-async def test_the_same_key_of_two_principals_is_two_keys(store: SqlStore) -> None:
+async def test_the_same_key_of_two_principals_is_two_keys(store: Store) -> None:
     assert (await store.claim(claim(principal="alice"))).acquired
     assert (await store.claim(claim(principal="bob"))).acquired
     assert await store.get("carol", "key-0000000000000001") is None
 
 
-async def test_fifty_concurrent_claims_on_one_key_acquire_exactly_once(store: SqlStore) -> None:
+async def test_fifty_concurrent_claims_on_one_key_acquire_exactly_once(store: Store) -> None:
     results = await asyncio.gather(*(store.claim(claim(owner=f"owner-{i}")) for i in range(50)))
 
     winners = [r for r in results if r.acquired]
     assert len(winners) == 1
     assert {r.record.lease_owner for r in results} == {winners[0].record.lease_owner}
+
+
+async def test_claims_in_flight_together_on_sqlite_share_commits_and_fsyncs(sqlite_store: SqlStore) -> None:
+    results = await asyncio.gather(*(sqlite_store.claim(claim(f"key-{i:016d}")) for i in range(40)))
+
+    assert all(r.acquired for r in results)
+    assert len({r.record.fence for r in results}) == 40
+    # Concurrent for real: the claims waited together and were written in shared rounds.
+    assert sqlite_store._group.rounds < 40
+    for r in results:
+        assert await sqlite_store.get("alice", r.record.key) == r.record
+
+
+async def test_claims_on_sqlite_commit_with_synchronous_full(sqlite_store: SqlStore) -> None:
+    await sqlite_store.claim(claim())
+    conn = sqlite_store._durable_connection()
+    cursor = conn.cursor()
+    try:
+        # 2 = FULL: in WAL mode the log is fsynced at every commit of this connection.
+        assert cursor.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        cursor.close()
 
 
 _CLAIMER = textwrap.dedent(
@@ -161,7 +229,8 @@ _CLAIMER = textwrap.dedent(
 )
 
 
-def test_claims_from_two_processes_on_one_database_acquire_each_key_exactly_once(store_url: str) -> None:
+def test_claims_from_two_processes_on_one_database_acquire_each_key_exactly_once(sql_url: str) -> None:
+    store_url = sql_url
     # Both processes also create the schema at the same moment (open) on an empty database.
     keys = [f"key-{i:016d}" for i in range(40)]
     procs = [
@@ -192,53 +261,88 @@ def test_claims_from_two_processes_on_one_database_acquire_each_key_exactly_once
     assert sorted(acquired) == keys
 
 
-# -- complete, take_over, mark_unknown, renew, release -------------------------------------------
+# -- complete ------------------------------------------------------------------------------------
 
 
-async def test_the_holder_completes_and_the_event_is_written_with_it(store: SqlStore) -> None:
+async def test_the_holder_completes_and_the_event_is_written_with_it(store: Store) -> None:
     held = (await store.claim(claim())).record
     done_at = T0 + timedelta(seconds=2)
 
-    ok = await store.complete(
-        "alice", held.key, held.fence, result=RESULT, is_error=False, executed_at=done_at, event=event()
-    )
+    settled = await complete(store, held, executed_at=done_at, expires_at=done_at + RETENTION)
 
-    assert ok
+    assert settled is Settled.COMPLETED
     record = await store.get("alice", held.key)
     assert record is not None
     assert (record.state, record.result, record.is_error) == (RecordState.COMPLETED, RESULT, False)
     assert record.first_executed_at == done_at
+    assert record.expires_at == done_at + RETENTION  # retention counts from the result
+    assert record.lease_expires_at is None
     [written] = await store.events(EventQuery(principal="alice"))
     assert (written.outcome, written.arguments) == ("executed", {"amount": 10, "card_number": "***"})
 
 
-async def test_a_completion_with_the_wrong_fence_is_rejected_and_writes_no_event(store: SqlStore) -> None:
+async def test_a_completion_with_the_wrong_fence_is_rejected_and_writes_no_event(store: Store) -> None:
     held = (await store.claim(claim())).record
 
-    ok = await store.complete(
-        "alice", held.key, held.fence + 1, result=RESULT, is_error=False, executed_at=T0, event=event()
-    )
+    assert await complete(store, held, fence=held.fence + 1) is Settled.LOST
 
-    assert not ok
     assert (await store.get("alice", held.key)) == held
     assert await store.events(EventQuery()) == []
 
 
-async def test_a_completed_record_cannot_be_completed_again(store: SqlStore) -> None:
+async def test_a_completed_record_cannot_be_completed_again(store: Store) -> None:
     held = (await store.claim(claim())).record
-    kw: dict[str, Any] = {"is_error": False, "executed_at": T0, "event": event()}
-    assert await store.complete("alice", held.key, held.fence, result=RESULT, **kw)
+    assert await complete(store, held) is Settled.COMPLETED
 
-    assert not await store.complete("alice", held.key, held.fence, result={"content": []}, **kw)
+    assert await complete(store, held, result={"content": []}) is Settled.LOST
+
     record = await store.get("alice", held.key)
     assert record is not None and record.result == RESULT
 
 
-async def test_take_over_bumps_the_fence_and_the_stale_holder_can_no_longer_complete(store: SqlStore) -> None:
-    stale = (await store.claim(claim(owner="owner-a"))).record
+async def test_a_late_result_settles_a_key_marked_unknown_under_the_holders_own_fence(store: Store) -> None:
+    held = (await store.claim(claim())).record
+    dead_at = T0 + LEASE + timedelta(seconds=1)
+    assert await store.mark_unknown(
+        "alice", held.key, held.fence, event=event("unknown"), lease_dead_at=dead_at
+    )
+
+    assert await complete(store, held) is Settled.LATE
+
+    record = await store.get("alice", held.key)
+    assert record is not None and (record.state, record.result) == (RecordState.COMPLETED, RESULT)
+    newest = (await store.events(EventQuery()))[0]
+    assert (newest.outcome, newest.detail) == ("executed", {"settled_late": True})
+
+
+async def test_a_late_result_never_settles_a_key_taken_over_or_resolved(store: Store) -> None:
+    held = (await store.claim(claim())).record
+    assert await store.mark_unknown("alice", held.key, held.fence, event=event("unknown"))
+    unknown = await store.get("alice", held.key)
+    assert unknown is not None
+    taken = await store.take_over(claim(owner="owner-b", now=T0 + timedelta(seconds=1)), expected=unknown)
+    assert taken is not None
+
+    assert await complete(store, held) is Settled.LOST
+    assert await store.get("alice", held.key) == taken
+
+
+# -- take over ----------------------------------------------------------------------------------
+
+
+async def completed(store: Store, key: str = "key-0000000000000001", **kw: Any) -> Record:
+    held = (await store.claim(claim(key, **kw))).record
+    assert await complete(store, held, executed_at=T0) is Settled.COMPLETED
+    record = await store.get("alice", key)
+    assert record is not None
+    return record
+
+
+async def test_take_over_bumps_the_fence_and_the_stale_holder_can_no_longer_complete(store: Store) -> None:
+    stale = await completed(store)
     later = T0 + timedelta(hours=25)
 
-    taken = await store.take_over(claim(owner="owner-b", now=later), expected_fence=stale.fence)
+    taken = await store.take_over(claim(owner="owner-b", now=later), expected=stale)
 
     assert taken is not None
     assert (taken.fence, taken.lease_owner, taken.state) == (
@@ -247,63 +351,85 @@ async def test_take_over_bumps_the_fence_and_the_stale_holder_can_no_longer_comp
         RecordState.IN_PROGRESS,
     )
     assert taken.created_at == later and taken.expires_at == later + RETENTION
+    assert taken.result is None and taken.first_executed_at is None and not taken.is_error
     assert await store.get("alice", stale.key) == taken
-    kw: dict[str, Any] = {"result": RESULT, "is_error": False, "executed_at": later, "event": event()}
-    assert not await store.complete("alice", stale.key, stale.fence, **kw)
-    assert await store.complete("alice", stale.key, taken.fence, **kw)
+    assert await complete(store, stale) is Settled.LOST
+    assert await complete(store, taken) is Settled.COMPLETED
 
 
-async def test_take_over_clears_the_previous_result(store: SqlStore) -> None:
-    held = (await store.claim(claim())).record
-    await store.complete(
-        "alice", held.key, held.fence, result=RESULT, is_error=True, executed_at=T0, event=event()
-    )
-
-    taken = await store.take_over(claim(owner="owner-b"), expected_fence=held.fence)
-
-    record = await store.get("alice", held.key)
-    assert record == taken
-    assert record is not None and (record.result, record.first_executed_at, record.is_error) == (
-        None,
-        None,
-        False,
-    )
-
-
-async def test_take_over_is_fenced_so_only_one_of_two_racers_wins(store: SqlStore) -> None:
-    held = (await store.claim(claim())).record
+async def test_take_over_is_fenced_so_only_one_of_many_racers_wins(store: Store) -> None:
+    record = await completed(store)
 
     racers = await asyncio.gather(
-        *(store.take_over(claim(owner=f"owner-{i}"), expected_fence=held.fence) for i in range(10))
+        *(store.take_over(claim(owner=f"owner-{i}"), expected=record) for i in range(10))
     )
 
     assert len([r for r in racers if r is not None]) == 1
-    assert await store.take_over(claim(owner="late"), expected_fence=held.fence) is None
-    assert await store.take_over(claim(key="key-never-claimed-0"), expected_fence=1) is None
+    assert await store.take_over(claim(owner="late"), expected=record) is None
 
 
-async def test_mark_unknown_stops_the_holder_from_completing(store: SqlStore) -> None:
+async def test_take_over_never_takes_a_live_lease_whatever_the_retention(store: Store) -> None:
+    running = (await store.claim(claim(expires_at=T0 + timedelta(seconds=1)))).record
+    past_retention = T0 + timedelta(seconds=5)  # the lease (30 s) is still alive
+
+    assert await store.take_over(claim(owner="owner-b", now=past_retention), expected=running) is None
+    assert await store.get("alice", running.key) == running
+
+    dead = T0 + LEASE + timedelta(seconds=1)
+    taken = await store.take_over(claim(owner="owner-b", now=dead), expected=running)
+    assert taken is not None and taken.fence == running.fence + 1
+
+
+async def test_take_over_needs_the_record_exactly_as_read(store: Store) -> None:
+    held = (await store.claim(claim())).record
+    assert await store.mark_unknown("alice", held.key, held.fence, event=event("unknown"))
+
+    # Read as IN_PROGRESS, but it is UNKNOWN now: nothing happens.
+    assert await store.take_over(claim(owner="owner-b", now=T0 + LEASE * 2), expected=held) is None
+    assert await store.take_over(claim(key="key-never-claimed-0"), expected=held) is None
+
+
+# -- mark unknown, renew, release -----------------------------------------------------------------
+
+
+async def test_mark_unknown_stops_the_holder_from_completing_normally(store: Store) -> None:
     held = (await store.claim(claim())).record
 
     assert await store.mark_unknown("alice", held.key, held.fence, event=event("unknown"))
 
     record = await store.get("alice", held.key)
-    assert record is not None and record.state is RecordState.UNKNOWN
-    assert not await store.complete(
-        "alice", held.key, held.fence, result=RESULT, is_error=False, executed_at=T0, event=event()
-    )
+    assert record is not None and record.state is RecordState.UNKNOWN and record.lease_expires_at is None
     assert not await store.mark_unknown("alice", held.key, held.fence, event=event("unknown"))
+    assert not await store.release("alice", held.key, held.fence, event=None)
     assert [e.outcome for e in await store.events(EventQuery())] == ["unknown"]
 
 
-async def test_mark_unknown_with_a_stale_fence_does_nothing(store: SqlStore) -> None:
+async def test_mark_unknown_with_a_stale_fence_does_nothing(store: Store) -> None:
     held = (await store.claim(claim())).record
 
     assert not await store.mark_unknown("alice", held.key, held.fence + 1, event=event("unknown"))
     assert await store.get("alice", held.key) == held
 
 
-async def test_only_the_holder_renews_its_lease(store: SqlStore) -> None:
+async def test_another_process_marks_unknown_only_a_dead_lease(store: Store) -> None:
+    held = (await store.claim(claim())).record
+
+    alive_at = T0 + LEASE - timedelta(seconds=1)
+    assert not await store.mark_unknown(
+        "alice", held.key, held.fence, event=event("unknown"), lease_dead_at=alive_at
+    )
+    # The holder renewed meanwhile: still alive at the time the other process judged it dead.
+    assert await store.renew("alice", held.key, held.fence, T0 + LEASE * 3)
+    assert not await store.mark_unknown(
+        "alice", held.key, held.fence, event=event("unknown"), lease_dead_at=T0 + LEASE * 2
+    )
+    assert await store.mark_unknown(
+        "alice", held.key, held.fence, event=event("unknown"), lease_dead_at=T0 + LEASE * 3
+    )
+    assert [e.outcome for e in await store.events(EventQuery())] == ["unknown"]
+
+
+async def test_only_the_holder_renews_its_lease(store: Store) -> None:
     held = (await store.claim(claim())).record
     later = T0 + timedelta(minutes=5)
 
@@ -312,13 +438,11 @@ async def test_only_the_holder_renews_its_lease(store: SqlStore) -> None:
     record = await store.get("alice", held.key)
     assert record is not None and record.lease_expires_at == later
 
-    await store.complete(
-        "alice", held.key, held.fence, result=RESULT, is_error=False, executed_at=T0, event=event()
-    )
+    await complete(store, held)
     assert not await store.renew("alice", held.key, held.fence, later)
 
 
-async def test_release_deletes_only_with_the_right_fence(store: SqlStore) -> None:
+async def test_release_deletes_only_with_the_right_fence(store: Store) -> None:
     held = (await store.claim(claim())).record
 
     assert not await store.release("alice", held.key, held.fence + 1, event=None)
@@ -329,112 +453,182 @@ async def test_release_deletes_only_with_the_right_fence(store: SqlStore) -> Non
     assert (await store.claim(claim(owner="owner-b"))).acquired
 
 
-async def test_release_never_drops_a_stored_result(store: SqlStore) -> None:
+async def test_release_never_drops_a_stored_result(store: Store) -> None:
     held = (await store.claim(claim())).record
-    await store.complete(
-        "alice", held.key, held.fence, result=RESULT, is_error=False, executed_at=T0, event=event()
-    )
+    await complete(store, held)
 
     assert not await store.release("alice", held.key, held.fence, event=None)
     record = await store.get("alice", held.key)
     assert record is not None and record.state is RecordState.COMPLETED
 
 
+async def test_a_holder_of_a_deleted_incarnation_cannot_complete_the_next_one(store: Store) -> None:
+    old = (await store.claim(claim())).record
+    assert await store.release("alice", old.key, old.fence, event=None)
+    new = (await store.claim(claim(owner="owner-b"))).record
+    assert new.fence != old.fence
+    assert await complete(store, old) is Settled.LOST
+    assert await complete(store, new) is Settled.COMPLETED
+
+
 # -- resolve -----------------------------------------------------------------------------------
 
 
-async def test_resolve_as_failed_deletes_the_record_so_a_retry_executes(store: SqlStore) -> None:
-    held = (await store.claim(claim())).record
-    await store.mark_unknown("alice", held.key, held.fence, event=event("unknown"))
+async def unknown_record(store: Store, key: str = "key-0000000000000001") -> Record:
+    held = (await store.claim(claim(key))).record
+    assert await store.mark_unknown("alice", key, held.fence, event=event("unknown", key=key))
+    record = await store.get("alice", key)
+    assert record is not None
+    return record
+
+
+async def test_resolve_as_failed_deletes_the_record_so_a_retry_executes(store: Store) -> None:
+    record = await unknown_record(store)
 
     before = await store.resolve(
-        "alice", held.key, result=None, is_error=False, now=T0 + timedelta(hours=1), event=event("resolved")
+        "alice",
+        record.key,
+        expected=record,
+        result=None,
+        is_error=False,
+        now=T0 + timedelta(hours=1),
+        event=event("resolved"),
     )
 
     assert before is not None and before.state is RecordState.UNKNOWN
-    assert await store.get("alice", held.key) is None
+    assert await store.get("alice", record.key) is None
     assert (await store.claim(claim(owner="owner-b"))).acquired
     assert [e.outcome for e in await store.events(EventQuery())] == ["resolved", "unknown"]
 
 
-async def test_resolve_as_completed_stores_the_result_to_replay(store: SqlStore) -> None:
-    held = (await store.claim(claim())).record
-    await store.mark_unknown("alice", held.key, held.fence, event=event("unknown"))
-    resolved_at = T0 + timedelta(hours=1)
+async def test_resolve_as_completed_stores_the_result_for_a_retention_from_now(store: Store) -> None:
+    record = await unknown_record(store)
+    resolved_at = T0 + timedelta(days=3)  # long after the claim's own retention
 
     after = await store.resolve(
-        "alice", held.key, result=RESULT, is_error=False, now=resolved_at, event=event("resolved")
+        "alice",
+        record.key,
+        expected=record,
+        result=RESULT,
+        is_error=False,
+        now=resolved_at,
+        event=event("resolved"),
     )
 
     assert after is not None
-    assert await store.get("alice", held.key) == after
+    assert await store.get("alice", record.key) == after
     assert (after.state, after.result, after.first_executed_at) == (
         RecordState.COMPLETED,
         RESULT,
         resolved_at,
     )
-    assert not await store.complete(
-        "alice", held.key, held.fence, result={"content": []}, is_error=False, executed_at=T0, event=event()
+    assert after.expires_at == resolved_at + RETENTION  # replayed, not immediately expired
+    assert await complete(store, record, result={"content": []}) is Settled.LOST
+
+
+async def test_resolve_is_fenced_on_the_record_as_read(store: Store) -> None:
+    record = await unknown_record(store)
+    # A gateway re-sends a forwarded key meanwhile: the key is taken over (fence + 1).
+    taken = await store.take_over(claim(owner="owner-b", now=T0 + timedelta(seconds=1)), expected=record)
+    assert taken is not None
+
+    for result in (None, RESULT):
+        got = await store.resolve(
+            "alice",
+            record.key,
+            expected=record,
+            result=result,
+            is_error=False,
+            now=T0,
+            event=event("resolved"),
+        )
+        assert got is None
+    assert await store.get("alice", record.key) == taken
+    assert [e.outcome for e in await store.events(EventQuery())] == ["unknown"]
+
+
+async def test_resolve_of_a_missing_key_returns_none_and_writes_nothing(store: Store) -> None:
+    record = await unknown_record(store)
+    await store.resolve(
+        "alice", record.key, expected=record, result=None, is_error=False, now=T0, event=event("resolved")
     )
 
-
-async def test_resolve_of_a_missing_key_returns_none_and_writes_nothing(store: SqlStore) -> None:
     got = await store.resolve(
-        "alice", "key-never-claimed-0", result=None, is_error=False, now=T0, event=event("resolved")
+        "alice", record.key, expected=record, result=None, is_error=False, now=T0, event=event("resolved")
     )
 
     assert got is None
-    assert await store.events(EventQuery()) == []
+    assert [e.outcome for e in await store.events(EventQuery())] == ["resolved", "unknown"]
 
 
 # -- purge -------------------------------------------------------------------------------------
 
 
-async def test_purge_deletes_expired_records_and_leaves_tombstones_for_rejecting_tools(
-    store: SqlStore,
+async def test_purge_ends_only_completed_records_and_leaves_tombstones_for_rejecting_tools(
+    store: Store,
 ) -> None:
     now = T0 + timedelta(days=2)
-
-    async def completed(key: str, **kw: Any) -> None:
-        held = (await store.claim(claim(key, **kw))).record
-        await store.complete(
-            "alice", key, held.fence, result=RESULT, is_error=False, executed_at=T0, event=event()
-        )
-
-    await completed("expired-plain-0000")
-    await completed("expired-plain-0001")
-    await completed("expired-plain-0002")
-    await completed("live-000000000000", expires_at=now + timedelta(seconds=1))
-    await completed("tombstone-future-0", tombstone_until=now + timedelta(days=7))
-    await completed("tombstone-past-000", tombstone_until=now)
-    unknown = (await store.claim(claim("unknown-expired-00"))).record
-    await store.mark_unknown("alice", "unknown-expired-00", unknown.fence, event=event("unknown"))
+    for key in ("expired-plain-0000", "expired-plain-0001", "expired-plain-0002"):
+        await completed(store, key)
+    live = await completed(store, "live-000000000000")
+    assert await store.renew("alice", live.key, live.fence, now) is False  # (completed: no lease)
+    held = (await store.claim(claim("live-000000000001"))).record
+    await complete(store, held, executed_at=T0, expires_at=now + timedelta(seconds=1))
+    held = (await store.claim(claim("tombstone-future-0"))).record
+    await complete(
+        store, held, executed_at=T0, expires_at=T0 + RETENTION, tombstone_until=now + timedelta(days=7)
+    )
+    held = (await store.claim(claim("tombstone-past-000"))).record
+    await complete(store, held, executed_at=T0, expires_at=T0 + RETENTION, tombstone_until=now)
+    await unknown_record(store, "unknown-expired-00")
     await store.claim(claim("running-long-0000", lease_expires_at=now + timedelta(seconds=5)))
+    await store.claim(claim("dead-lease-000000"))  # a holder that died: it turns unknown, never ends
 
     deleted = await store.purge(now, batch=2)
 
-    assert deleted == 5
+    assert deleted == 5  # three plain, live-0 (expired at T0+24h), and the tombstone past its date
     for gone in ("expired-plain-0000", "expired-plain-0001", "expired-plain-0002", "tombstone-past-000"):
         assert await store.get("alice", gone) is None
-    assert await store.get("alice", "unknown-expired-00") is None
-    live = await store.get("alice", "live-000000000000")
-    assert live is not None and live.state is RecordState.COMPLETED
+    unknown = await store.get("alice", "unknown-expired-00")
+    assert unknown is not None and unknown.state is RecordState.UNKNOWN
     running = await store.get("alice", "running-long-0000")
     assert running is not None and running.state is RecordState.IN_PROGRESS
+    dead = await store.get("alice", "dead-lease-000000")
+    assert dead is not None and dead.state is RecordState.IN_PROGRESS
+    still = await store.get("alice", "live-000000000001")
+    assert still is not None and still.state is RecordState.COMPLETED
     tomb = await store.get("alice", "tombstone-future-0")
     assert tomb is not None
     assert (tomb.state, tomb.result, tomb.fingerprint) == (RecordState.EXPIRED, None, "f" * 64)
-    assert tomb.expires_at == T0 + RETENTION
-    assert len(await store.events(EventQuery())) == 7  # events are not purged
 
     assert await store.purge(now, batch=2) == 0
-    assert await store.purge(now + timedelta(days=7), batch=2) == 3  # tombstone, long runner, live one
+    years = now + timedelta(days=3650)
+    assert await store.purge(years, batch=2) == 2  # the tombstone and the other completed one
+    for kept in ("unknown-expired-00", "running-long-0000", "dead-lease-000000"):
+        assert await store.get("alice", kept) is not None  # never: unknown never expires
+
+
+# -- secret and clock ------------------------------------------------------------------------------
+
+
+async def test_the_first_secret_check_binds_the_store_and_another_is_refused(store: Store) -> None:
+    assert await store.bind_secret("a" * 32)
+    assert await store.bind_secret("a" * 32)
+    assert not await store.bind_secret("b" * 32)
+
+
+async def test_the_store_clock_is_utc_now_or_the_databases(store: Store) -> None:
+    await store.sync_clock()
+    now = store.now()
+    assert now.tzinfo is not None
+    if not isinstance(store, MemoryStore):
+        assert abs((now - datetime.now(UTC)).total_seconds()) < 60  # the same machine: no skew
 
 
 # -- events and counts -------------------------------------------------------------------------
 
 
-async def test_events_are_newest_first_and_filtered(store: SqlStore) -> None:
+async def test_events_are_newest_first_and_filtered(store: Store) -> None:
     for i, (principal, tool, outcome) in enumerate(
         [
             ("alice", "create_invoice", "executed"),
@@ -474,7 +668,7 @@ async def test_events_are_newest_first_and_filtered(store: SqlStore) -> None:
     assert await store.events(EventQuery(principal="carol")) == []
 
 
-async def test_an_event_round_trips_every_field(store: SqlStore) -> None:
+async def test_an_event_round_trips_every_field(store: Store) -> None:
     sent = event(
         "conflict", detail={"reason": "fingerprint"}, cost=0.3, duration_ms=None, arguments=None, key=None
     )
@@ -486,7 +680,7 @@ async def test_an_event_round_trips_every_field(store: SqlStore) -> None:
     assert got == Event(**{**{f: getattr(sent, f) for f in sent.__slots__}, "id": got.id})  # type: ignore[attr-defined]
 
 
-async def test_outcome_counts_group_by_tool_and_outcome_with_spend(store: SqlStore) -> None:
+async def test_outcome_counts_group_by_tool_and_outcome_with_spend(store: Store) -> None:
     rows = [
         ("alice", "create_invoice", "executed", 0.3, 0),
         ("alice", "create_invoice", "replayed", 0.3, 1),
@@ -514,7 +708,7 @@ async def test_outcome_counts_group_by_tool_and_outcome_with_spend(store: SqlSto
     assert ("create_invoice", "replayed", 3, pytest.approx(0.9)) in everyone
 
 
-async def test_count_unknown_counts_open_unknown_records_per_principal(store: SqlStore) -> None:
+async def test_count_unknown_counts_open_unknown_records_per_principal(store: Store) -> None:
     for principal, key in [
         ("alice", "key-a-000000000001"),
         ("alice", "key-a-000000000002"),
@@ -534,16 +728,14 @@ async def test_count_unknown_counts_open_unknown_records_per_principal(store: Sq
 # -- lifecycle ---------------------------------------------------------------------------------
 
 
-async def test_a_reopened_store_still_has_its_records(store_url: str) -> None:
-    first = open_store(store_url)
+async def test_a_reopened_store_still_has_its_records(sql_url: str) -> None:
+    first = open_store(sql_url)
     await first.open()
     held = (await first.claim(claim())).record
-    await first.complete(
-        "alice", held.key, held.fence, result=RESULT, is_error=True, executed_at=T0, event=event()
-    )
+    await complete(first, held, is_error=True)
     await first.close()
 
-    second = open_store(store_url)
+    second = open_store(sql_url)
     await second.open()
     try:
         record = await second.get("alice", held.key)
@@ -553,7 +745,8 @@ async def test_a_reopened_store_still_has_its_records(store_url: str) -> None:
         await second.close()
 
 
-async def test_several_replicas_can_open_the_same_empty_database_at_once(store_url: str) -> None:
+async def test_several_replicas_can_open_the_same_empty_database_at_once(sql_url: str) -> None:
+    store_url = sql_url
     stores = [SqlStore(store_url) for _ in range(4)]
 
     await asyncio.gather(*(s.open() for s in stores))
@@ -619,13 +812,3 @@ async def test_a_postgresql_server_that_is_down_is_unavailable_and_the_password_
 async def test_an_unparseable_store_url_is_refused() -> None:
     with pytest.raises(StoreUnavailable):
         SqlStore("not a url")
-
-
-async def test_a_holder_of_a_deleted_incarnation_cannot_complete_the_next_one(store: SqlStore) -> None:
-    old = (await store.claim(claim())).record
-    assert await store.release("alice", old.key, old.fence, event=None)
-    new = (await store.claim(claim(owner="owner-b"))).record
-    assert new.fence != old.fence
-    kw: dict[str, Any] = {"result": RESULT, "is_error": False, "executed_at": T0, "event": event()}
-    assert not await store.complete("alice", old.key, old.fence, **kw)
-    assert await store.complete("alice", new.key, new.fence, **kw)
