@@ -19,13 +19,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from gateway.outcomes import Outcome
+
 
 class GatewayError(Exception):
     """A refusal: nothing ran downstream because of this call."""
 
     code: ClassVar[str] = "gateway_error"
     http_status: ClassVar[int] = 500
-    audit_outcome: ClassVar[str] = "invalid"
+    audit_outcome: ClassVar[Outcome] = Outcome.INVALID
 
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -41,7 +43,7 @@ class IdempotencyKeyMissing(GatewayError):
 
     code = "idempotency_key_missing"
     http_status = 400
-    audit_outcome = "missing_key"
+    audit_outcome = Outcome.MISSING_KEY
 
 
 class IdempotencyKeyInvalid(GatewayError):
@@ -49,7 +51,7 @@ class IdempotencyKeyInvalid(GatewayError):
 
     code = "idempotency_key_invalid"
     http_status = 400
-    audit_outcome = "invalid"
+    audit_outcome = Outcome.INVALID
 
 
 class InvalidArguments(GatewayError):
@@ -57,7 +59,7 @@ class InvalidArguments(GatewayError):
 
     code = "invalid_arguments"
     http_status = 400
-    audit_outcome = "invalid"
+    audit_outcome = Outcome.INVALID
 
 
 class IdempotencyKeyConflict(GatewayError):
@@ -65,7 +67,7 @@ class IdempotencyKeyConflict(GatewayError):
 
     code = "idempotency_key_conflict"
     http_status = 422
-    audit_outcome = "conflict"
+    audit_outcome = Outcome.CONFLICT
 
 
 class IdempotencyKeyInProgress(GatewayError):
@@ -73,7 +75,7 @@ class IdempotencyKeyInProgress(GatewayError):
 
     code = "idempotency_key_in_progress"
     http_status = 409
-    audit_outcome = "in_progress"
+    audit_outcome = Outcome.IN_PROGRESS
 
 
 class OutcomeUnknown(GatewayError):
@@ -81,7 +83,7 @@ class OutcomeUnknown(GatewayError):
 
     code = "outcome_unknown"
     http_status = 409
-    audit_outcome = "unknown"
+    audit_outcome = Outcome.UNKNOWN
 
 
 class IdempotencyKeyExpired(GatewayError):
@@ -89,7 +91,7 @@ class IdempotencyKeyExpired(GatewayError):
 
     code = "idempotency_key_expired"
     http_status = 410
-    audit_outcome = "expired"
+    audit_outcome = Outcome.EXPIRED
 
 
 class StoreUnavailable(GatewayError):
@@ -97,15 +99,25 @@ class StoreUnavailable(GatewayError):
 
     code = "store_unavailable"
     http_status = 503
-    audit_outcome = "store_unavailable"
+    audit_outcome = Outcome.STORE_UNAVAILABLE
 
 
-class DownstreamUnavailable(GatewayError):
+class NotExecuted(Exception):
+    """Mixin: the downstream provably did not run the call, so its key can be released.
+
+    ``DownstreamUnavailable`` (nothing was sent) and ``downstream.errors.DownstreamRejected``
+    (refused before executing) are the two; ``audit_outcome`` names the release in the audit.
+    """
+
+    audit_outcome: ClassVar[Outcome]
+
+
+class DownstreamUnavailable(GatewayError, NotExecuted):
     """The downstream could not be reached before the call was sent."""
 
     code = "downstream_unavailable"
     http_status = 502
-    audit_outcome = "downstream_unavailable"
+    audit_outcome = Outcome.DOWNSTREAM_UNAVAILABLE
 
 
 ALL_ERRORS: tuple[type[GatewayError], ...] = (

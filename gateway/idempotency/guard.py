@@ -1,21 +1,26 @@
-"""The idempotency state machine: the one place that decides what a keyed call gets.
+"""The guard: runs a keyed call at most once per (principal, key) across every process on a store.
 
-A call is claimed first (one atomic insert on principal + key) and only the caller that
-claimed it runs it. Everybody else reads the existing record and its state decides:
+``run`` is a thin loop around the pure ``decide`` (see ``decide.py`` for the protocol): read or
+claim the record, ask ``decide``, do what it says, and on a lost race (a fenced write that
+matched nothing) read again and ask again. Only a won fenced write (a claim, a take-over, a
+re-send) leads to ``_execute``, which holds the lease while the call runs and settles the key
+from what happened:
 
-    claimed                      → execute, then COMPLETED (stored) or released
-    same key, other payload      → conflict (nothing about the first call revealed)
-    record past its retention    → execute anew (take over) or refuse as expired
-    COMPLETED                    → replay the stored result verbatim
-    IN_PROGRESS, lease alive     → wait for the result (bounded) or refuse as in progress
-    IN_PROGRESS, lease dead      → UNKNOWN (its holder crashed after sending)
-    UNKNOWN                      → outcome_unknown; or, if the downstream dedupes the key
-                                   itself, take over and re-send with the same key
+    a result                         → COMPLETED (stored; replayed until retention ends), or
+                                       released per store_errors / when it is not final
+    provably not executed            → released (DownstreamUnavailable: nothing was sent;
+                                       DownstreamRejected: refused before executing;
+                                       cancelled before anything was sent)
+    anything else after sending      → UNKNOWN (timeout, lost connection, error after sending,
+                                       forwarded cancellation): never re-run blindly
 
-Executing: DownstreamUnavailable (nothing sent) releases the key; any other failure after
-sending (timeout, lost connection, forwarded cancellation) leaves the key UNKNOWN. With
-``cancel = "finish"`` the downstream call and the write of its result are shielded from the
-client's cancellation, so a client that gives up does not strand the key.
+With ``cancel = "finish"`` the downstream call and the settling are shielded from the client's
+cancellation, so a client that gives up does not strand the key.
+
+A settling write that fails because the store stalls is retried in the background while this
+process still holds the result (``SETTLE_FOR``, renewing the lease meanwhile); if another
+process judged the lease dead and marked the key unknown in between, the late result still
+settles it (``Settled.LATE``, audited as ``settled_late``).
 """
 
 from __future__ import annotations
@@ -28,39 +33,60 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.abc
 
+from gateway import meta
 from gateway.errors import (
-    DownstreamUnavailable,
     GatewayError,
     IdempotencyKeyConflict,
     IdempotencyKeyExpired,
     IdempotencyKeyInProgress,
+    NotExecuted,
     OutcomeUnknown,
     StoreUnavailable,
 )
+from gateway.idempotency.decide import Call, Verdict, decide
 from gateway.manifests.models import ToolPolicy
+from gateway.outcomes import Outcome
 from gateway.store.base import Store
-from gateway.store.records import Claim, Event, Record, RecordState
+from gateway.store.records import Claim, Event, Record, Settled
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-Execute = Callable[[], Awaitable[dict[str, Any]]]
-"""Sends the call downstream and returns the raw CallToolResult dict.
+TOMBSTONE_DAYS = 7
+SETTLE_FOR = 600.0  # seconds a held result keeps being written while the store is unreachable
+_SETTLE_BACKOFF = (0.05, 2.0)
+_CHANGES_BUFFER = 1024
 
-Raises ``DownstreamUnavailable`` when nothing was sent; anything else means "sent, outcome unknown".
+
+@dataclass(slots=True)
+class Attempt:
+    """Whether the call was handed to the downstream: the line between "release" and "unknown".
+
+    The downstream session calls ``mark_sent`` right before it writes the request; a failure
+    that comes before that (a cancellation while waiting for a reconnect, say) proves nothing
+    was sent.
+    """
+
+    sent: bool = False
+
+    def mark_sent(self) -> None:
+        self.sent = True
+
+
+Execute = Callable[[Attempt], Awaitable[dict[str, Any]]]
+"""Sends the call downstream and returns the raw result dict.
+
+Raises a ``NotExecuted`` error when the downstream provably did not run it; anything else
+after ``Attempt.mark_sent`` means "sent, outcome unknown".
 """
 
-META_PREFIX = "idem-gateway/"
-TOMBSTONE_DAYS = 7
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+IsFinal = Callable[[dict[str, Any]], bool]
 
 
 def default_owner() -> str:
@@ -81,12 +107,25 @@ class Intent:
     forwards_key: bool = False
     timeout: float = 30.0
 
+    def call(self, *, wait_over: bool = False) -> Call:
+        return Call(
+            tool=self.tool,
+            fingerprint=self.fingerprint,
+            forwards_key=self.forwards_key,
+            expired=self.policy.expired,
+            in_flight=self.policy.in_flight,
+            wait_over=wait_over,
+        )
 
-@dataclass(slots=True)
+
+@dataclass(eq=False, slots=True)
 class _Held:
+    """A lease this process holds; renewed until the key is settled."""
+
     principal: str
     key: str
     fence: int
+    settling: bool = False  # a settling write is under way: a failed renewal is expected
 
 
 @dataclass(slots=True)
@@ -94,245 +133,313 @@ class _Waiters:
     """In-process wake-ups for waiters on a key; other processes are noticed by polling."""
 
     events: dict[tuple[str, str], anyio.Event] = field(default_factory=dict)
+    count: dict[tuple[str, str], int] = field(default_factory=dict)
 
-    def event(self, principal: str, key: str) -> anyio.Event:
-        ev = self.events.get((principal, key))
+    def event(self, ident: tuple[str, str]) -> anyio.Event:
+        ev = self.events.get(ident)
         if ev is None:
-            ev = self.events[(principal, key)] = anyio.Event()
+            ev = self.events[ident] = anyio.Event()
         return ev
 
-    def wake(self, principal: str, key: str) -> None:
-        ev = self.events.pop((principal, key), None)
+    def wake(self, ident: tuple[str, str]) -> None:
+        ev = self.events.pop(ident, None)
         if ev is not None:
             ev.set()
 
 
 class Guard:
-    """Runs keyed calls exactly once per (principal, key) across every process on one store."""
+    """Runs keyed calls exactly once per (principal, key) across every process on one store.
+
+    ``serve`` must run in the server's task group: it renews leases, keeps the store's clock
+    in sync, retries settling writes the store refused, and tells listeners about changes.
+    """
 
     def __init__(
         self,
         store: Store,
         *,
-        clock: Clock = utcnow,
+        clock: Clock | None = None,
         owner: str | None = None,
         lease_ttl: float = 10.0,
         poll_min: float = 0.005,
         poll_max: float = 0.25,
+        monotonic: Callable[[], float] = time.monotonic,
+        settle_for: float = SETTLE_FOR,
     ) -> None:
         self.store = store
-        self.clock = clock
+        self.clock: Clock = clock or store.now
         self.owner = owner or default_owner()
         self.lease_ttl = lease_ttl
         self.poll_min = poll_min
         self.poll_max = poll_max
-        self._held: dict[tuple[str, str], _Held] = {}
+        self.monotonic = monotonic  # the in-flight wait's deadline (injectable for tests)
+        self.settle_for = settle_for
+        self._held: dict[tuple[str, str, int], _Held] = {}
         self._waiters = _Waiters()
         self.listeners: list[Callable[[str, str], Awaitable[None]]] = []
         """Told (principal, key) whenever this process changed a record (subscriptions)."""
+        self._changes_in, self._changes_out = anyio.create_memory_object_stream[tuple[str, str]](
+            _CHANGES_BUFFER
+        )
+        self._settle_in, self._settle_out = anyio.create_memory_object_stream[_Settle](math.inf)
+
+    # ---- observability (tests gate races on these) --------------------------------------------
+
+    def waiting(self, principal: str | None = None, key: str | None = None) -> int:
+        """How many duplicates are parked waiting (for one key, or in all)."""
+        if principal is not None and key is not None:
+            return self._waiters.count.get((principal, key), 0)
+        return sum(self._waiters.count.values())
+
+    def holding(self) -> int:
+        """How many calls this process runs (or settles) under a lease right now."""
+        return len(self._held)
 
     # ---- background work -------------------------------------------------------------------
 
-    async def renew_leases(self) -> None:
-        """Keep every lease this process holds alive; run it in the server's task group.
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Renew leases, sync the clock, retry settling writes, notify listeners; until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._renew_leases)
+            tg.start_soon(self._settle_pending)
+            tg.start_soon(self._notify_listeners)
+            task_status.started()
 
-        One loop for all calls, instead of a task per call, keeps the hot path free of it.
-        """
+    async def _renew_leases(self) -> None:
+        """One loop for all calls, instead of a task per call, keeps the hot path free of it."""
         interval = self.lease_ttl / 3
         while True:
             await anyio.sleep(interval)
-            for held in list(self._held.values()):
+            try:
+                await self.store.sync_clock()
+            except StoreUnavailable as exc:
+                logger.error("could not read the store's clock: %s", exc)
+            for ident, held in list(self._held.items()):
                 until = self.clock() + timedelta(seconds=self.lease_ttl)
                 try:
-                    if not await self.store.renew(held.principal, held.key, held.fence, until):
-                        logger.warning("lost the lease on a key while its call ran (fence %d)", held.fence)
+                    renewed = await self.store.renew(held.principal, held.key, held.fence, until)
                 except StoreUnavailable as exc:
                     logger.error("could not renew a lease: %s", exc)
+                    continue
+                if not renewed and self._held.get(ident) is held and not held.settling:
+                    # Still ours to run, and the store says another process took it or judged
+                    # us dead: worth a warning (a completion racing this renewal is not).
+                    logger.warning("lost the lease on a key while its call ran (fence %d)", held.fence)
+
+    async def _notify_listeners(self) -> None:
+        async with self._changes_out:
+            async for principal, key in self._changes_out:
+                for listener in self.listeners:
+                    try:
+                        await listener(principal, key)
+                    except Exception:  # a subscriber must never break the guard
+                        logger.exception("record-change listener failed")
+
+    def _changed(self, principal: str, key: str) -> None:
+        """Tell listeners without waiting for them: a stuck subscriber must not delay a result."""
+        if not self.listeners:
+            return
+        try:
+            self._changes_in.send_nowait((principal, key))
+        except anyio.WouldBlock:
+            logger.warning("record-change notifications are falling behind; one was dropped")
+
+    async def _settle_pending(self) -> None:
+        async with self._settle_out, anyio.create_task_group() as tg:
+            async for job in self._settle_out:
+                tg.start_soon(job.run, self)
 
     # ---- the state machine -----------------------------------------------------------------
 
-    async def run(self, intent: Intent, execute: Execute) -> dict[str, Any]:
-        """Execute, replay, wait or refuse. Returns a CallToolResult dict; raises GatewayError."""
-        now = self.clock()
-        claim = self._claim(intent, now)
-        result = await self.store.claim(claim)
-        if result.acquired:
-            return await self._execute(intent, result.record.fence, execute)
-        return await self._settle(intent, result.record, execute)
+    async def run(
+        self, intent: Intent, execute: Execute, *, is_final: IsFinal | None = None
+    ) -> dict[str, Any]:
+        """Execute, replay, wait or refuse. Returns a result dict; raises ``GatewayError``.
 
-    async def _settle(self, intent: Intent, record: Record, execute: Execute) -> dict[str, Any]:
-        policy = intent.policy
-        deadline = time.monotonic() + policy.wait
+        ``is_final``: whether a result settles the key (a multi-round ``input_required``
+        answer does not: the key is released and the continuation round claims it again).
+        """
+        ident = (intent.principal, intent.key)
+        deadline = self.monotonic() + intent.policy.wait
         delay = self.poll_min
+        record: Record | None = None
+        verdict = Verdict.CLAIM
         while True:
             now = self.clock()
-            if record.state is RecordState.EXPIRED or record.expires_at <= now:
-                if policy.expired == "reject":
-                    raise await self._refuse(
-                        intent,
-                        IdempotencyKeyExpired(
-                            "This idempotency key's retention has ended and it cannot be reused. "
-                            "If you intend a new action, generate a new key."
-                        ),
-                    )
-                taken = await self.store.take_over(self._claim(intent, now), expected_fence=record.fence)
-                if taken is not None:
-                    return await self._execute(intent, taken.fence, execute)
-            elif record.fingerprint != intent.fingerprint or record.tool != intent.tool:
-                raise await self._refuse(
-                    intent,
-                    IdempotencyKeyConflict(
-                        "This idempotency key was already used for a different action. Generate a new "
-                        "key for this action; reuse a key only to retry exactly the same call."
-                    ),
-                )
-            elif record.state is RecordState.COMPLETED:
-                return await self._replay(intent, record)
-            elif record.state is RecordState.UNKNOWN:
-                if intent.forwards_key:
-                    taken = await self.store.take_over(self._claim(intent, now), expected_fence=record.fence)
-                    if taken is not None:
-                        return await self._execute(intent, taken.fence, execute, resent=True)
-                else:
-                    raise await self._unknown(intent)
-            elif record.lease_expires_at is not None and record.lease_expires_at <= now:
-                # The holder stopped renewing: it died after (maybe) sending the call.
-                if intent.forwards_key:
-                    taken = await self.store.take_over(self._claim(intent, now), expected_fence=record.fence)
-                    if taken is not None:
-                        return await self._execute(intent, taken.fence, execute, resent=True)
-                elif await self.store.mark_unknown(
-                    intent.principal,
-                    intent.key,
-                    record.fence,
-                    event=self._event(intent, "unknown", detail={"reason": "lease_holder_died"}),
-                ):
-                    await self._changed(intent.principal, intent.key)
-                    raise self._unknown_error("lease_holder_died")
-            elif policy.in_flight == "reject" or time.monotonic() >= deadline:
-                raise await self._refuse(intent, self._in_progress(record, now, intent.timeout))
-            else:
-                await self._wait(intent, min(delay, max(0.0, deadline - time.monotonic())))
-                delay = min(delay * 2, self.poll_max)
-            fresh = await self.store.get(intent.principal, intent.key)
-            if fresh is None:
-                # Released (or purged) meanwhile: the key is free again, claim it afresh.
-                claimed = await self.store.claim(self._claim(intent, self.clock()))
+            if verdict is Verdict.CLAIM:
+                claimed = await self.store.claim(self._claim(intent, now))
                 if claimed.acquired:
-                    return await self._execute(intent, claimed.record.fence, execute)
-                fresh = claimed.record
-            record = fresh
+                    return await self._execute(intent, claimed.record.fence, execute, is_final)
+                record = claimed.record
+            elif verdict in (Verdict.TAKE_OVER, Verdict.RESEND):
+                assert record is not None
+                taken = await self.store.take_over(self._claim(intent, now), expected=record)
+                if taken is not None:
+                    resent = verdict is Verdict.RESEND
+                    return await self._execute(intent, taken.fence, execute, is_final, resent=resent)
+                record = await self.store.get(*ident)
+            elif verdict is Verdict.MARK_UNKNOWN:
+                assert record is not None
+                event = self._event(intent, Outcome.UNKNOWN, detail={"reason": "lease_holder_died"})
+                if await self.store.mark_unknown(*ident, record.fence, event=event, lease_dead_at=now):
+                    self._changed(*ident)
+                    raise self._unknown_error("lease_holder_died")
+                record = await self.store.get(*ident)
+            elif verdict is Verdict.WAIT:
+                await self._wait(ident, min(delay, max(0.0, deadline - self.monotonic())))
+                delay = min(delay * 2, self.poll_max)
+                record = await self.store.get(*ident)
+            elif verdict is Verdict.REPLAY:
+                assert record is not None
+                return await self._replay(intent, record)
+            else:
+                raise await self._refuse(intent, self._refusal(verdict, intent, record, now))
+            verdict = decide(record, intent.call(wait_over=self.monotonic() >= deadline), self.clock())
 
-    async def _wait(self, intent: Intent, seconds: float) -> None:
-        with anyio.move_on_after(seconds):
-            await self._waiters.event(intent.principal, intent.key).wait()
+    def _refusal(
+        self, verdict: Verdict, intent: Intent, record: Record | None, now: datetime
+    ) -> GatewayError:
+        if verdict is Verdict.CONFLICT:
+            return IdempotencyKeyConflict(
+                "This idempotency key was already used for a different action. Generate a new "
+                "key for this action; reuse a key only to retry exactly the same call."
+            )
+        if verdict is Verdict.EXPIRED:
+            return IdempotencyKeyExpired(
+                "This idempotency key's retention has ended and it cannot be reused. "
+                "If you intend a new action, generate a new key."
+            )
+        if verdict is Verdict.IN_PROGRESS:
+            assert record is not None
+            return self._in_progress(record, now, intent.timeout)
+        assert verdict is Verdict.UNKNOWN, verdict
+        return self._unknown_error()
+
+    async def _wait(self, ident: tuple[str, str], seconds: float) -> None:
+        counts = self._waiters.count
+        counts[ident] = counts.get(ident, 0) + 1
+        logger.debug("a duplicate waits for its key's first call (%d waiting)", counts[ident])
+        try:
+            with anyio.move_on_after(seconds):
+                await self._waiters.event(ident).wait()
+        finally:
+            counts[ident] -= 1
+            if not counts[ident]:
+                del counts[ident]
 
     async def _execute(
-        self, intent: Intent, fence: int, execute: Execute, *, resent: bool = False
+        self,
+        intent: Intent,
+        fence: int,
+        execute: Execute,
+        is_final: IsFinal | None,
+        *,
+        resent: bool = False,
     ) -> dict[str, Any]:
         ident = (intent.principal, intent.key)
-        self._held[ident] = _Held(intent.principal, intent.key, fence)
+        held = self._held[(*ident, fence)] = _Held(intent.principal, intent.key, fence)
+        attempt = Attempt()
         started = time.perf_counter()
         try:
             # "finish": the client's cancellation must not abandon a call already sent.
             with anyio.CancelScope(shield=intent.policy.cancel == "finish"):
-                return await self._execute_held(intent, fence, execute, started, resent)
-            raise AssertionError("unreachable: a shielding scope never swallows an exception")
+                result = await self._call_downstream(intent, held, attempt, execute, started)
+                answer = await self._settle_result(intent, held, result, started, resent, is_final)
+            return answer
         finally:
-            self._held.pop(ident, None)
-            self._waiters.wake(*ident)
-            await self._changed(*ident)
+            if not held.settling:
+                self._held.pop((*ident, fence), None)
+            self._waiters.wake(ident)
+            self._changed(*ident)
 
-    async def _changed(self, principal: str, key: str) -> None:
-        for listener in self.listeners:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await listener(principal, key)
-                except Exception:  # a subscriber must never break a call
-                    logger.exception("record-change listener failed")
-
-    async def _execute_held(
-        self, intent: Intent, fence: int, execute: Execute, started: float, resent: bool
+    async def _call_downstream(
+        self, intent: Intent, held: _Held, attempt: Attempt, execute: Execute, started: float
     ) -> dict[str, Any]:
+        """The downstream's result; any failure settles the key (released or unknown) and raises."""
         cancelled = anyio.get_cancelled_exc_class()
         try:
-            result = await execute()
-        except DownstreamUnavailable as exc:
-            duration = _ms(started)
-            with anyio.CancelScope(shield=True):
-                await self._quietly(
-                    self.store.release(
-                        intent.principal,
-                        intent.key,
-                        fence,
-                        event=self._event(intent, "downstream_unavailable", duration_ms=duration),
-                    )
-                )
-            raise exc
+            return await execute(attempt)
+        except NotExecuted as exc:
+            detail = {"reason": type(exc).__name__}
+            event = self._event(intent, exc.audit_outcome, duration_ms=_ms(started), detail=detail)
+            await self._settle(held, "release", lambda: self.store.release(*_id(held), event=event))
+            raise
         except cancelled:
-            with anyio.CancelScope(shield=True):
-                await self._lost(intent, fence, "cancelled", started)
+            if attempt.sent:
+                await self._lost(intent, held, "cancelled", started)
+            else:  # the client gave up before anything was written: nothing ran
+                event = self._event(intent, Outcome.CANCELLED, duration_ms=_ms(started))
+                await self._settle(held, "release", lambda: self.store.release(*_id(held), event=event))
             raise
         except Exception as exc:
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            with anyio.CancelScope(shield=True):
-                await self._lost(intent, fence, str(reason), started)
-            raise self._unknown_error(str(reason)) from exc
+            reason = str(getattr(exc, "reason", None) or type(exc).__name__)
+            logger.warning("a keyed call's outcome is unknown (%s)", reason, exc_info=exc)
+            await self._lost(intent, held, reason, started)
+            raise self._unknown_error(reason) from exc
 
+    async def _settle_result(
+        self,
+        intent: Intent,
+        held: _Held,
+        result: dict[str, Any],
+        started: float,
+        resent: bool,
+        is_final: IsFinal | None,
+    ) -> dict[str, Any]:
         duration = _ms(started)
         is_error = bool(result.get("isError", False))
         detail: dict[str, Any] = {"resent": True} if resent else {}
         if is_error:
             detail["is_error"] = True
-        if is_error and not intent.policy.store_errors:
+        executed = meta.stamped(result, outcome=Outcome.EXECUTED.value)
+        if (is_final is not None and not is_final(result)) or (is_error and not intent.policy.store_errors):
             detail["stored"] = False
-            await self._quietly(
-                self.store.release(
-                    intent.principal,
-                    intent.key,
-                    fence,
-                    event=self._event(intent, "executed", duration_ms=duration, detail=detail),
-                )
-            )
-            return _with_meta(result, {"outcome": "executed"})
+            event = self._event(intent, Outcome.EXECUTED, duration_ms=duration, detail=detail)
+            await self._settle(held, "release", lambda: self.store.release(*_id(held), event=event))
+            return executed
         now = self.clock()
-        try:
-            stored = await self.store.complete(
-                intent.principal,
-                intent.key,
-                fence,
+        expires = now + timedelta(seconds=intent.policy.retention)
+        event = self._event(intent, Outcome.EXECUTED, duration_ms=duration, detail=detail)
+
+        async def complete() -> Settled:
+            return await self.store.complete(
+                *_id(held),
                 result=result,
                 is_error=is_error,
                 executed_at=now,
-                event=self._event(intent, "executed", duration_ms=duration, detail=detail),
+                expires_at=expires,
+                tombstone_until=self._tombstone(intent, expires),
+                event=event,
             )
-        except StoreUnavailable as exc:
-            # It ran; we could not record it. The lease lapses and the key turns unknown,
-            # which is the truth. The caller still gets what happened.
-            logger.error("executed but could not store the result: %s", exc)
-            stored = False
-        if not stored:
-            logger.warning("late completion rejected: the key moved on while the call ran")
-        return _with_meta(result, {"outcome": "executed"})
 
-    async def _lost(self, intent: Intent, fence: int, reason: str, started: float) -> None:
-        await self._quietly(
-            self.store.mark_unknown(
-                intent.principal,
-                intent.key,
-                fence,
-                event=self._event(intent, "unknown", duration_ms=_ms(started), detail={"reason": reason}),
-            )
-        )
+        await self._settle(held, "complete", complete)
+        return executed
+
+    async def _lost(self, intent: Intent, held: _Held, reason: str, started: float) -> None:
+        event = self._event(intent, Outcome.UNKNOWN, duration_ms=_ms(started), detail={"reason": reason})
+        await self._settle(held, "mark unknown", lambda: self.store.mark_unknown(*_id(held), event=event))
+
+    async def _settle(self, held: _Held, what: str, write: Callable[[], Awaitable[Any]]) -> None:
+        """Write how the key ended, shielded; if the store refuses, keep trying in the background
+        (holding the lease) so a result this process has is not lost to a store stall."""
+        held.settling = True
+        with anyio.CancelScope(shield=True):
+            try:
+                outcome = await write()
+            except StoreUnavailable as exc:
+                logger.error("could not %s a key (the store is unavailable: %s); retrying", what, exc)
+                self._settle_in.send_nowait(_Settle(held, what, write, self.monotonic() + self.settle_for))
+                return
+        held.settling = False
+        _report(what, outcome, held)
 
     async def _replay(self, intent: Intent, record: Record) -> dict[str, Any]:
-        await self._quietly(self.store.append_event(self._event(intent, "replayed", cost=intent.policy.cost)))
+        await self._quietly(
+            self.store.append_event(self._event(intent, Outcome.REPLAYED, cost=intent.policy.cost))
+        )
         assert record.result is not None
         first = record.first_executed_at or record.created_at
-        return _with_meta(record.result, {"outcome": "replayed", "first-executed-at": _iso(first)})
-
-    async def _unknown(self, intent: Intent) -> GatewayError:
-        return await self._refuse(intent, self._unknown_error())
+        return meta.stamped(record.result, outcome=Outcome.REPLAYED.value, first_executed_at=meta.iso(first))
 
     def _unknown_error(self, reason: str | None = None) -> OutcomeUnknown:
         extra = {"reason": reason} if reason else {}
@@ -358,9 +465,12 @@ class Guard:
 
     # ---- helpers ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _tombstone(intent: Intent, expires: datetime) -> datetime | None:
+        return expires + timedelta(days=TOMBSTONE_DAYS) if intent.policy.expired == "reject" else None
+
     def _claim(self, intent: Intent, now: datetime) -> Claim:
         expires = now + timedelta(seconds=intent.policy.retention)
-        tombstone = expires + timedelta(days=TOMBSTONE_DAYS) if intent.policy.expired == "reject" else None
         return Claim(
             principal=intent.principal,
             key=intent.key,
@@ -371,13 +481,13 @@ class Guard:
             now=now,
             lease_expires_at=now + timedelta(seconds=self.lease_ttl),
             expires_at=expires,
-            tombstone_until=tombstone,
+            tombstone_until=self._tombstone(intent, expires),
         )
 
     def _event(
         self,
         intent: Intent,
-        outcome: str,
+        outcome: Outcome,
         *,
         duration_ms: float | None = None,
         detail: dict[str, Any] | None = None,
@@ -389,7 +499,7 @@ class Guard:
             key=intent.key,
             server=intent.server,
             tool=intent.tool,
-            outcome=outcome,
+            outcome=outcome.value,
             fingerprint=intent.fingerprint,
             duration_ms=duration_ms,
             arguments=intent.arguments,
@@ -399,7 +509,7 @@ class Guard:
 
     @staticmethod
     async def _quietly(op: Awaitable[Any]) -> Any:
-        """Audit and clean-up writes must not turn a decided call into a failure."""
+        """Audit writes must not turn a decided call into a failure."""
         try:
             return await op
         except StoreUnavailable as exc:
@@ -407,17 +517,48 @@ class Guard:
             return None
 
 
-def _with_meta(result: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-    out = dict(result)
-    meta = dict(out.get("_meta") or {})
-    for name, value in fields.items():
-        meta[META_PREFIX + name] = value
-    out["_meta"] = meta
-    return out
+@dataclass(eq=False, slots=True)
+class _Settle:
+    """A settling write the store refused, retried with backoff until ``deadline``."""
+
+    held: _Held
+    what: str
+    write: Callable[[], Awaitable[Any]]
+    deadline: float
+
+    async def run(self, guard: Guard) -> None:
+        delay = _SETTLE_BACKOFF[0]
+        while True:
+            await anyio.sleep(delay)
+            try:
+                outcome = await self.write()
+            except StoreUnavailable as exc:
+                if guard.monotonic() >= self.deadline:
+                    logger.error(
+                        "gave up trying to %s a key after %.0fs (%s): its lease lapses and it turns unknown",
+                        self.what,
+                        guard.settle_for,
+                        exc,
+                    )
+                    break
+                delay = min(delay * 2, _SETTLE_BACKOFF[1])
+                continue
+            _report(self.what, outcome, self.held)
+            break
+        guard._held.pop(_id(self.held), None)
+        guard._waiters.wake((self.held.principal, self.held.key))
+        guard._changed(self.held.principal, self.held.key)
 
 
-def _iso(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def _id(held: _Held) -> tuple[str, str, int]:
+    return (held.principal, held.key, held.fence)
+
+
+def _report(what: str, outcome: Any, held: _Held) -> None:
+    if outcome is Settled.LATE:
+        logger.info("a late result settled a key that had been marked unknown (fence %d)", held.fence)
+    elif outcome is Settled.LOST or outcome is False:
+        logger.warning("could not %s a key: it moved on while the call ran (fence %d)", what, held.fence)
 
 
 def _ms(started: float) -> float:
