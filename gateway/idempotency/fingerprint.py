@@ -1,33 +1,49 @@
-"""Payload fingerprints: SHA-256 over RFC 8785 (JCS) canonical JSON.
+"""Payload fingerprints: HMAC-SHA-256, under the store's secret, of canonical JSON.
 
-Canonical JSON makes the fingerprint independent of key order, of ``1`` vs ``1.0`` and of
-string escaping, so a client that re-serialises its retry differently is not refused as a
-conflict; ``null`` and an absent field stay different, as they can mean different things.
+Canonical JSON is RFC 8785 (JCS), with one deliberate difference: integers keep every digit.
+JCS prints every number as an IEEE double would, so 9007199254740993 and 9007199254740992
+print alike, yet a downstream receives two different integers; here they differ. Floats keep
+JCS's ECMAScript form, so ``1`` and ``1.0`` (and every other re-serialisation of the same
+number) still match. Key order and string escaping never matter; ``null`` and an absent field
+do, as they can mean different things.
+
+The hash is keyed (HMAC under a secret kept apart from the database, see ``gateway.secret``): a
+fingerprint is shown in the audit trail next to redacted arguments, and a plain hash of a card
+number with a known prefix can be brute-forced in seconds. The same arguments on two stores
+give two different fingerprints.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-_MAX_SAFE_INT = 2**53
-
 
 def canonical_json(value: Any) -> str:
-    """Serialise ``value`` per RFC 8785 (JSON Canonicalization Scheme)."""
+    """Serialise ``value`` per RFC 8785 (JCS), integers exact (see the module doc)."""
     parts: list[str] = []
     _write(value, parts)
     return "".join(parts)
 
 
-def fingerprint(tool: str, arguments: Mapping[str, Any], exclude: Iterable[str] = ()) -> str:
-    """The hex SHA-256 of the canonical ``{"arguments": ..., "tool": ...}``, less ``exclude``."""
-    dropped = set(exclude)
-    kept = {k: v for k, v in arguments.items() if k not in dropped}
-    return hashlib.sha256(canonical_json({"tool": tool, "arguments": kept}).encode("utf-8")).hexdigest()
+class Fingerprinter:
+    """Fingerprints under one store's secret."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("a fingerprint key needs at least 16 bytes")
+        self._key = key
+
+    def __call__(self, tool: str, arguments: Mapping[str, Any], exclude: Iterable[str] = ()) -> str:
+        """The hex HMAC of the canonical ``{"arguments": ..., "tool": ...}``, less ``exclude``."""
+        dropped = set(exclude)
+        kept = {k: v for k, v in arguments.items() if k not in dropped}
+        payload = canonical_json({"tool": tool, "arguments": kept}).encode("utf-8")
+        return hmac.new(self._key, payload, hashlib.sha256).hexdigest()
 
 
 def _write(value: Any, out: list[str]) -> None:
@@ -40,7 +56,7 @@ def _write(value: Any, out: list[str]) -> None:
     elif isinstance(value, str):
         out.append(json.dumps(value, ensure_ascii=False))
     elif isinstance(value, int):
-        out.append(str(value) if abs(value) < _MAX_SAFE_INT else _number(float(value)))
+        out.append(str(value))  # every digit: the downstream receives this exact integer
     elif isinstance(value, float):
         out.append(_number(value))
     elif isinstance(value, Mapping):

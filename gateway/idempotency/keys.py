@@ -11,15 +11,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway import meta
 from gateway.errors import IdempotencyKeyInvalid, IdempotencyKeyMissing
 from gateway.manifests.models import KEY_ARGUMENT, ToolPolicy
 
-META_KEY = "idem-gateway/idempotency-key"
+META_KEY = meta.IDEMPOTENCY_KEY
+# Shown to clients in the injected schema (ECMAScript regex: ``$`` is the end of the input).
 KEY_PATTERN = r"^[A-Za-z0-9_.:-]{16,255}$"
-_KEY_RE = re.compile(KEY_PATTERN)
+# Checked here with fullmatch: Python's ``$`` also matches before a final newline, which would
+# make ``K`` and ``K\n`` two keys for one action.
+_KEY_RE = re.compile(r"[A-Za-z0-9_.:-]{16,255}")
 # A key taken from a message id (key_from) was minted by a queue, not by the agent: it need
 # not be long, only safe to store and show.
-_MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+_MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
 
 KEY_SENTENCE = (
     "Requires idempotency_key: generate one new unique key (a UUID) for each action you intend, "
@@ -84,11 +88,12 @@ def extract_key(
 
 
 def _check(value: Any, pattern: re.Pattern[str], name: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         shown = type(value).__name__ if not isinstance(value, str) else f"{len(value)} characters"
         raise IdempotencyKeyInvalid(
-            f"The idempotency key in '{name}' is malformed ({shown}). A key is 16 to 255 characters "
-            "of letters, digits and _ . : - (a UUID fits). Generate a valid key and call again."
+            f"The idempotency key in '{name}' is malformed ({shown}). A key is "
+            f"{'1' if pattern is _MESSAGE_ID_RE else '16'} to 255 characters of letters, digits and "
+            "_ . : - only (a UUID fits). Send a valid key and call again."
         )
     return value
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.errors import IdempotencyKeyInvalid, IdempotencyKeyMissing
 from gateway.idempotency.keys import META_KEY, extract_key
@@ -111,3 +113,33 @@ def test_key_from_accepts_integer_message_ids_and_refuses_missing_ones() -> None
         extract_key({"body": "x"}, None, policy, native=False)
     with pytest.raises(IdempotencyKeyInvalid):
         extract_key({"message_id": "has spaces"}, None, policy, native=False)
+
+
+@pytest.mark.parametrize("suffix", ["\n", "\r\n", " ", "\t", "\x00"])
+def test_a_key_with_a_trailing_newline_or_space_is_invalid_not_a_second_key(suffix: str) -> None:
+    with pytest.raises(IdempotencyKeyInvalid):
+        extract_key({"idempotency_key": KEY + suffix}, None, ToolPolicy(), native=False)
+    with pytest.raises(IdempotencyKeyInvalid):
+        extract_key({}, {META_KEY: KEY + suffix}, ToolPolicy(), native=False)
+    with pytest.raises(IdempotencyKeyInvalid):
+        extract_key({"message_id": "m-1" + suffix}, None, ToolPolicy(key_from="message_id"), native=False)
+
+
+KEY_ALPHABET = "ABCXYZabcxyz0189_.:-"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=KEY_ALPHABET, min_size=16, max_size=255))
+def test_every_key_of_the_alphabet_and_length_is_accepted_as_itself(key: str) -> None:
+    assert extract_key({"idempotency_key": key}, None, ToolPolicy(), native=False).key == key
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=0, max_size=300))
+def test_a_key_is_accepted_exactly_when_it_is_16_to_255_characters_of_the_alphabet(key: str) -> None:
+    valid = 16 <= len(key) <= 255 and all(c.isascii() and (c.isalnum() or c in "_.:-") for c in key)
+    if valid:
+        assert extract_key({"idempotency_key": key}, None, ToolPolicy(), native=False).key == key
+    else:
+        with pytest.raises(IdempotencyKeyInvalid):
+            extract_key({"idempotency_key": key}, None, ToolPolicy(), native=False)
