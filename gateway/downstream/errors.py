@@ -17,7 +17,8 @@ from typing import Any, Final, Literal
 
 import mcp_types as types
 
-from gateway.errors import DownstreamUnavailable
+from gateway.errors import DownstreamUnavailable, NotExecuted
+from gateway.outcomes import Outcome
 
 LostReason = Literal["timeout", "connection_lost", "cancelled", "error_after_send"]
 
@@ -64,9 +65,11 @@ class DownstreamLost(DownstreamError):
         self.code = code  # the JSON-RPC error code, when an error came back after sending
 
 
-class DownstreamRejected(DownstreamError):
+class DownstreamRejected(DownstreamError, NotExecuted):
     """The downstream refused the request before executing it (``BEFORE_EXECUTION_CODES``, or
     an HTTP 4xx other than 408/429): nothing ran, so the key can be released."""
+
+    audit_outcome = Outcome.INVALID
 
     def __init__(self, message: str, *, code: int, data: Any = None, http_status: int | None = None) -> None:
         super().__init__(message)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from types import TracebackType
 
 import anyio
@@ -13,8 +13,6 @@ from gateway.downstream.session import DownstreamSession
 from gateway.manifests.models import ServerSpec
 
 logger = logging.getLogger(__name__)
-
-SessionFactory = Callable[[ServerSpec], DownstreamSession]
 
 
 class DownstreamPool:
@@ -31,13 +29,13 @@ class DownstreamPool:
         specs: Iterable[ServerSpec],
         *,
         startup_timeout: float = 10.0,
-        session_factory: SessionFactory = DownstreamSession,
+        connect_wait: float = 2.0,
     ) -> None:
         self.sessions: dict[str, DownstreamSession] = {}
         for spec in specs:
             if spec.name in self.sessions:
                 raise ValueError(f"duplicate downstream name {spec.name!r}")
-            self.sessions[spec.name] = session_factory(spec)
+            self.sessions[spec.name] = DownstreamSession(spec, inline_connect_timeout=connect_wait)
         self.startup_timeout = startup_timeout
         self._task_group: anyio.abc.TaskGroup | None = None
 

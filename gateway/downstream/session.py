@@ -17,22 +17,17 @@ import enum
 import logging
 import math
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, TextIO
 
 import anyio
 import anyio.abc
-import httpx2
 import mcp_types as types
 from mcp import Client
 from mcp.client._transport import Transport, TransportStreams
 from mcp.client.session import ClientSession, IncomingMessage
-from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.dispatcher import CallOptions
 from mcp.shared.exceptions import MCPError
 
@@ -42,7 +37,9 @@ from gateway.downstream.errors import (
     DownstreamRejected,
     DownstreamUnavailable,
     LostReason,
+    rejected_before_execution_status,
 )
+from gateway.downstream.transport import WIRE, Wire, http_transport, stdio_transport
 from gateway.manifests.models import ServerSpec
 
 logger = logging.getLogger(__name__)
@@ -340,16 +337,12 @@ class DownstreamSession:
         if spec.transport == "stdio":
             if not spec.command:
                 raise ValueError("stdio downstream without a command")
-            params = StdioServerParameters(
-                command=spec.command,
-                args=list(spec.args),
-                env=dict(spec.env) or None,
-                cwd=spec.cwd,
+            return stdio_transport(  # type: ignore[return-value]
+                spec.command, spec.args, env=spec.env, cwd=spec.cwd, errlog=self._errlog or sys.stderr
             )
-            return stdio_client(params, errlog=self._errlog or sys.stderr)
         if not spec.url:
             raise ValueError("http downstream without a url")
-        return _http_transport(spec.url, spec.headers)
+        return http_transport(spec.url, spec.headers)  # type: ignore[return-value]
 
     async def _refresh_lists(self, conn: _Connection) -> None:
         """Fetch everything the server lists; raw dicts, the way the server sent them."""
@@ -387,15 +380,18 @@ class DownstreamSession:
         meta: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         timeout: float,
+        on_send: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Forward one ``tools/call``; the raw ``CallToolResult`` dict, verbatim.
 
         ``headers`` ride on the HTTP POST of this one request (stdio ignores them).
+        ``on_send`` is called right before the request is written: whatever fails before it
+        (a cancellation while waiting for a reconnect) provably sent nothing.
 
         Raises:
             DownstreamUnavailable: not sent; nothing ran.
-            DownstreamLost: sent, no result (``reason``: timeout, connection_lost, cancelled).
-            DownstreamRejected: the downstream answered with a JSON-RPC error.
+            DownstreamRejected: refused before executing (nothing ran).
+            DownstreamLost: sent, no result (timeout, lost connection, error after sending).
         """
         conn = self._conn
         if conn is None or conn.lost.is_set():
@@ -403,7 +399,7 @@ class DownstreamSession:
         params: dict[str, Any] = {"name": name, "arguments": arguments}
         if meta:
             params["_meta"] = dict(meta)  # the stamp adds to it; never touch the caller's dict
-        return await self._send(conn, "tools/call", params, timeout=timeout, headers=headers)
+        return await self._send(conn, "tools/call", params, timeout=timeout, headers=headers, on_send=on_send)
 
     async def list_resources(self) -> list[dict[str, Any]]:
         """The resources listed at the last (re)connect or list_changed."""
@@ -440,25 +436,61 @@ class DownstreamSession:
         *,
         timeout: float | None,
         headers: Mapping[str, str] | None = None,
+        on_send: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """Send on a live connection, mapping SDK failures to sent/not-sent (the one mapping place)."""
+        """Send on a live connection and map every failure to not sent / refused / unknown.
+
+        The one place SDK and transport failures are translated (see ``errors.py``): only a
+        request the transport could not deliver (``Wire.not_delivered``) or one the downstream
+        refused before executing is "nothing ran"; everything else after sending is unknown.
+        """
+        wire = Wire()
+        token = WIRE.set(wire)
         try:
+            if on_send is not None:
+                on_send()
             return await conn.request(method, params, timeout=timeout, headers=headers)
         except MCPError as exc:
-            if exc.code == types.REQUEST_TIMEOUT:
-                raise DownstreamLost(f"{self.name}: no result within {timeout}s", reason="timeout") from exc
-            if exc.code == types.CONNECTION_CLOSED:
-                reason: LostReason = "cancelled" if self._closing else "connection_lost"
-                raise DownstreamLost(f"{self.name}: connection closed mid-call", reason=reason) from exc
-            message = self._scrub(f"{self.name}: {exc.error.message}")
-            if exc.code in BEFORE_EXECUTION_CODES:
-                raise DownstreamRejected(message, code=exc.code, data=exc.error.data) from exc
-            # Any other error (-32603 internal error, a server-defined code) may come after the
-            # tool acted: the outcome is unknown.
-            raise DownstreamLost(message, reason="error_after_send", code=exc.code) from exc
+            raise self._translate(conn, exc, wire, timeout) from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError) as exc:
+            if wire.not_delivered:
+                conn.mark_lost()
+                raise self._unavailable() from exc
             # The write itself failed part-way: it may have reached the peer.
             raise DownstreamLost(f"{self.name}: transport failed mid-call", reason="connection_lost") from exc
+        finally:
+            WIRE.reset(token)
+
+    def _translate(self, conn: _Connection, exc: MCPError, wire: Wire, timeout: float | None) -> Exception:
+        code = exc.code
+        if code == types.CONNECTION_CLOSED and wire.not_delivered:
+            conn.mark_lost()  # the pipe is dead or the server refuses connections: reconnect
+            return self._unavailable()
+        if code == types.REQUEST_TIMEOUT:
+            return DownstreamLost(f"{self.name}: no result within {timeout}s", reason="timeout")
+        if code == types.CONNECTION_CLOSED:
+            reason: LostReason = "cancelled" if self._closing else "connection_lost"
+            return DownstreamLost(f"{self.name}: connection closed mid-call", reason=reason)
+        message = self._scrub(f"{self.name}: {exc.error.message}")
+        status = wire.http_status
+        if status is not None and status >= 400:
+            # The SDK reports every HTTP error status as -32603; the status tells them apart.
+            if rejected_before_execution_status(status):
+                return DownstreamRejected(message, code=code, data=exc.error.data, http_status=status)
+            return DownstreamLost(f"{message} (HTTP {status})", reason="error_after_send", code=code)
+        if code in BEFORE_EXECUTION_CODES:
+            return DownstreamRejected(message, code=code, data=exc.error.data)
+        # Any other error (-32603 internal error, a server-defined code) may come after the
+        # tool acted: the outcome is unknown.
+        return DownstreamLost(message, reason="error_after_send", code=code)
+
+    def _unavailable(self) -> DownstreamUnavailable:
+        detail = f": {self.last_error}" if self.last_error else ""
+        return DownstreamUnavailable(
+            f"The downstream server {self.name!r} is not reachable{detail}. Nothing was sent; "
+            "retrying later with the same key is safe.",
+            server=self.name,
+        )
 
     async def _reconnect_inline(self) -> _Connection:
         """The session is down: try one bounded reconnect if one is due, else refuse at once.
@@ -474,12 +506,7 @@ class DownstreamSession:
             await self.wait_attempt(self.inline_connect_timeout)
         conn = self._conn
         if conn is None or conn.lost.is_set():
-            detail = f": {self.last_error}" if self.last_error else ""
-            raise DownstreamUnavailable(
-                f"The downstream server {self.name!r} is not reachable{detail}. Nothing was sent; "
-                "retrying later with the same key is safe.",
-                server=self.name,
-            )
+            raise self._unavailable()
         return conn
 
     def _scrub(self, text: str) -> str:
@@ -487,22 +514,6 @@ class DownstreamSession:
         for secret in self.spec.secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def _http_transport(url: str, headers: Mapping[str, str]) -> Transport:
-    """Streamable HTTP with the manifest's headers on every request.
-
-    The httpx client is created here and closed with the transport (the SDK closes only
-    clients it created itself).
-    """
-
-    @asynccontextmanager
-    async def transport() -> AsyncIterator[TransportStreams]:
-        http: httpx2.AsyncClient = create_mcp_http_client(headers=dict(headers) or None)
-        async with http, streamable_http_client(url, http_client=http) as streams:
-            yield streams
-
-    return transport()
 
 
 def _absorb_tools(session: ClientSession, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:

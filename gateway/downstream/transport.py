@@ -1,0 +1,227 @@
+"""Client transports that can tell "not sent" from "sent": the line between release and unknown.
+
+A keyed call whose request never reached the downstream may be released (a retry is safe); one
+that did reach it, and got no answer, is unknown. The SDK's transports cannot say which: its
+stdio transport writes from a background task and turns a broken pipe into "connection
+closed"; its HTTP transport maps every status >= 400 to -32603. So:
+
+- ``stdio_transport`` writes each message to the child's stdin from the caller's own task, so
+  the write's outcome is the caller's to know (a dead child's pipe fails the write: nothing was
+  delivered), and it saves the SDK's writer task and stream hop on every message.
+- ``http_transport`` gives the SDK an httpx client whose transport records, for the request
+  being sent, whether the connection was refused (nothing sent) and the HTTP status.
+
+What is recorded goes to the ``Wire`` of the current context (``WIRE``): ``session._send`` sets
+one per request, and the SDK runs an HTTP request's POST in the sender's context (its context
+streams carry it), so concurrent requests never see each other's wire.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+import anyio
+import anyio.abc
+import httpx2
+import mcp_types as types
+from mcp.client.stdio import get_default_environment
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.message import SessionMessage
+
+logger = logging.getLogger(__name__)
+
+_EXIT_GRACE = 2.0  # seconds a child gets to exit after its stdin closes, and again after SIGTERM
+_MAX_LINE = 64 * 1024 * 1024
+_HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)  # the SDK's defaults: a response stream may idle
+
+
+@dataclass(slots=True)
+class Wire:
+    """What the transport learned about one request on its way out."""
+
+    written: bool = False  # the whole message reached the peer's pipe / the HTTP request went out
+    refused: bool = False  # it could not be delivered at all (dead pipe, connection refused)
+    http_status: int | None = None
+
+    @property
+    def not_delivered(self) -> bool:
+        return self.refused and not self.written
+
+
+WIRE: contextvars.ContextVar[Wire | None] = contextvars.ContextVar("idem_gateway_wire", default=None)
+
+
+# ---- stdio ----------------------------------------------------------------------------------
+
+
+class _PipeWriter:
+    """The write half handed to the SDK: each ``send`` writes straight into the child's stdin."""
+
+    def __init__(self, process: anyio.abc.Process) -> None:
+        self._process = process
+        self._lock = anyio.Lock()  # one message at a time: lines must never interleave
+        self._closed = False
+
+    async def send(self, item: SessionMessage) -> None:
+        wire = WIRE.get()
+        stdin = self._process.stdin
+        if self._closed or stdin is None or self._process.returncode is not None:
+            if wire is not None:
+                wire.refused = True
+            raise anyio.BrokenResourceError
+        data = item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+        async with self._lock:
+            try:
+                await stdin.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                # A pipe whose reader is gone: no complete line reached the child, so nothing ran.
+                if wire is not None:
+                    wire.refused = True
+                raise anyio.BrokenResourceError from exc
+        if wire is not None:
+            wire.written = True
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+    async def __aenter__(self) -> _PipeWriter:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+@asynccontextmanager
+async def stdio_transport(
+    command: str,
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None,
+    errlog: TextIO,
+) -> AsyncIterator[tuple[Any, Any]]:
+    """Start the server process and talk MCP over its stdin/stdout until exit.
+
+    The child gets a safe subset of our environment plus ``env`` (as the SDK does), runs in a
+    session of its own (a signal to the gateway's process group does not reach it), and is
+    stopped on exit: stdin closed, then SIGTERM to its group, then SIGKILL, each after a grace.
+    """
+    process = await anyio.open_process(
+        [command, *args],
+        env={**get_default_environment(), **env},
+        cwd=cwd,
+        stderr=errlog,
+        start_new_session=True,
+    )
+    read_in, read_out = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    writer = _PipeWriter(process)
+
+    async def read_lines() -> None:
+        assert process.stdout is not None
+        buffer = bytearray()
+        async with read_in:
+            try:
+                async for chunk in process.stdout:
+                    buffer += chunk
+                    while (end := buffer.find(b"\n")) >= 0:
+                        line = bytes(buffer[:end])
+                        del buffer[: end + 1]
+                        if line.strip():
+                            await read_in.send(_parse(line))
+                    if len(buffer) > _MAX_LINE:
+                        await read_in.send(ValueError("a message from the server exceeds the size limit"))
+                        buffer.clear()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError):
+                pass  # the child is gone or we are closing: the read stream's end says so
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_lines)
+            try:
+                yield read_out, writer
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await writer.aclose()
+                    await _stop(process)
+                tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True), suppress(Exception):
+            await process.aclose()
+
+
+def _parse(line: bytes) -> SessionMessage | Exception:
+    try:
+        return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+    except ValueError as exc:
+        logger.warning("the downstream wrote a line that is not a JSON-RPC message")
+        return exc
+
+
+async def _stop(process: anyio.abc.Process) -> None:
+    """Close stdin, then escalate to SIGTERM and SIGKILL of the child's process group."""
+    if process.stdin is not None:
+        with suppress(Exception):
+            await process.stdin.aclose()
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None and process.returncode is None:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, sig)
+        with anyio.move_on_after(_EXIT_GRACE):
+            await process.wait()
+        if process.returncode is not None:
+            return
+    logger.warning("downstream process %d did not exit after SIGKILL", process.pid)
+
+
+# ---- streamable HTTP -----------------------------------------------------------------------
+
+
+class _RecordingTransport(httpx2.AsyncBaseTransport):
+    """Notes, on the current ``Wire``, a refused connection and the response's status."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        wire = WIRE.get()
+        try:
+            response = await self._inner.handle_async_request(request)
+        except (httpx2.ConnectError, httpx2.ConnectTimeout):
+            # No connection was made: the request never left this machine.
+            if wire is not None:
+                wire.refused = True
+            raise
+        if wire is not None:
+            wire.written = True
+            wire.http_status = response.status_code
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@asynccontextmanager
+async def http_transport(url: str, headers: Mapping[str, str]) -> AsyncIterator[tuple[Any, Any]]:
+    """Streamable HTTP with the manifest's headers on every request, over a recording transport.
+
+    The httpx client is created here and closed with the transport (the SDK closes only
+    clients it created itself).
+    """
+    client = httpx2.AsyncClient(
+        headers=dict(headers) or None,
+        timeout=_HTTP_TIMEOUT,
+        transport=_RecordingTransport(httpx2.AsyncHTTPTransport()),
+    )
+    async with client, streamable_http_client(url, http_client=client) as streams:
+        yield streams
