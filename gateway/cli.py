@@ -71,6 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a claim's lease lasts without renewal (a crashed holder is noticed after it)",
     )
     serve.add_argument("--sweep-interval", type=float, default=60.0)
+    serve.add_argument(
+        "--secret-file",
+        default=os.environ.get("IDEM_GATEWAY_SECRET_FILE") or None,
+        help="the fingerprint secret, created on first start; every gateway on one store needs the "
+        "same (default $XDG_STATE_HOME/idem-gateway/secret.key; env IDEM_GATEWAY_SECRET_FILE)",
+    )
+    serve.add_argument(
+        "--connect-wait",
+        type=float,
+        default=float(_env_or("IDEM_GATEWAY_CONNECT_WAIT", "2")),
+        help="seconds a call waits for a downstream that is (re)connecting before it is refused "
+        "as downstream_unavailable (default 2; env IDEM_GATEWAY_CONNECT_WAIT)",
+    )
 
     check = sub.add_parser("check", help="validate manifests, start downstreams, list exposed tools")
     manifests_arg(check)
@@ -129,13 +142,19 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     from gateway.manifests import ManifestErrors, load_manifests
+    from gateway.secret import SecretError, default_secret_file, load_or_create
     from gateway.server.app import Gateway
     from gateway.store import open_store
 
     try:
-        specs = load_manifests(args.manifests)
+        specs = load_manifests(args.manifests, lease_ttl=args.lease_ttl)
     except ManifestErrors as errors:
         print(str(errors), file=sys.stderr)
+        return 1
+    try:
+        secret = load_or_create(Path(args.secret_file) if args.secret_file else default_secret_file())
+    except SecretError as exc:
+        print(f"idem-gateway: {exc}", file=sys.stderr)
         return 1
     if args.transport == "http":
         from gateway.server.http import HttpRefused, preflight
@@ -151,19 +170,25 @@ async def _serve(args: argparse.Namespace) -> int:
         principal=args.principal,
         lease_ttl=args.lease_ttl,
         sweep_interval=args.sweep_interval,
+        secret=secret,
+        connect_wait=args.connect_wait,
     )
     _install_extras(gateway)
-    async with gateway.running(), anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signal, tg.cancel_scope)
-        if args.transport == "stdio":
-            await _serve_stdio(gateway)
-        else:
-            from gateway.server.http import serve_http
+    try:
+        async with gateway.running(), anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            if args.transport == "stdio":
+                await _serve_stdio(gateway)
+            else:
+                from gateway.server.http import serve_http
 
-            await serve_http(
-                gateway, host=args.host, port=args.port, tokens_file=args.tokens, stateless=args.stateless
-            )
-        tg.cancel_scope.cancel()
+                await serve_http(
+                    gateway, host=args.host, port=args.port, tokens_file=args.tokens, stateless=args.stateless
+                )
+            tg.cancel_scope.cancel()
+    except SecretError as exc:
+        print(f"idem-gateway: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

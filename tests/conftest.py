@@ -19,6 +19,23 @@ import pytest
 from tests.support import Setup
 
 
+@pytest.fixture(scope="session", autouse=True)
+def state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Gateways started by the tests keep their state (the fingerprint secret) under a temporary
+    ``XDG_STATE_HOME``, never in the user's own; every gateway of the session shares it, as the
+    gateways on one store must."""
+    path = tmp_path_factory.mktemp("state-home")
+    saved = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(path)
+    try:
+        yield path
+    finally:
+        if saved is None:
+            os.environ.pop("XDG_STATE_HOME", None)
+        else:
+            os.environ["XDG_STATE_HOME"] = saved
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """``IDEM_TEST_POSTGRES_URL`` if set (it needs CREATEDB), else a throwaway local cluster.

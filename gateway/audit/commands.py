@@ -23,7 +23,6 @@ from gateway.audit.stats import WINDOWS, compute_stats
 from gateway.audit.views import event_view, record_view
 from gateway.check import table
 from gateway.errors import StoreUnavailable
-from gateway.idempotency.guard import utcnow
 from gateway.store import Event, EventQuery, RecordState, Store, open_store
 
 SHOW_LIMIT = 1000
@@ -132,7 +131,7 @@ async def _show(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _stats(store: Store, args: argparse.Namespace) -> int:
-    stats = await compute_stats(store, args.principal, now=utcnow())
+    stats = await compute_stats(store, args.principal, now=store.now())
     if args.json:
         _print_json(stats)
         return 0
@@ -214,7 +213,7 @@ async def _resolve(store: Store, args: argparse.Namespace, result: dict[str, Any
         if schema is not None and not is_error:
             _check_output(result, schema)
     event = Event(
-        at=utcnow(),
+        at=store.now(),
         principal=args.principal,
         key=args.key,
         server=record.server,
@@ -223,11 +222,16 @@ async def _resolve(store: Store, args: argparse.Namespace, result: dict[str, Any
         fingerprint=record.fingerprint,
         detail={"as": args.as_, "previous_state": record.state.value, **({"forced": True} if force else {})},
     )
+    # Fenced on the record as read: if a gateway took the key over meanwhile (a forwarded-key
+    # re-send), this settles nothing rather than the new call's record.
     settled = await store.resolve(
-        args.principal, args.key, result=result, is_error=is_error, now=event.at, event=event
+        args.principal, args.key, expected=record, result=result, is_error=is_error, now=event.at, event=event
     )
     if settled is None:
-        raise CommandError(f"no such key {args.key!r} for principal {args.principal!r} (it just went away)")
+        raise CommandError(
+            f"key {args.key!r} changed while it was being resolved (a gateway took it over, or it went "
+            "away): nothing was settled; look at it again with `idem-gateway audit show`"
+        )
     if result is None:
         print(f"resolved {args.key} as failed: the key is released, a retry executes")
     else:
@@ -283,7 +287,7 @@ def _check_output(result: dict[str, Any], schema: dict[str, Any]) -> None:
 async def run_purge(args: argparse.Namespace) -> int:
     try:
         async with _store(args.store) as store:
-            deleted = await store.purge(utcnow())
+            deleted = await store.purge(store.now())
     except StoreUnavailable as exc:
         return _fail(str(exc))
     print(f"purged {deleted} expired record(s)")

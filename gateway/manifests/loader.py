@@ -390,11 +390,17 @@ def _load_file(file: Path, environ: Mapping[str, str]) -> tuple[ServerSpec | Non
     return (spec if not errors else None), errors
 
 
-def load_manifests(folder: Path | str, environ: Mapping[str, str] | None = None) -> list[ServerSpec]:
+DEFAULT_LEASE_TTL = 10.0
+
+
+def load_manifests(
+    folder: Path | str, environ: Mapping[str, str] | None = None, *, lease_ttl: float = DEFAULT_LEASE_TTL
+) -> list[ServerSpec]:
     """Every `*.toml` and `*.json` manifest in `folder`, sorted by file name.
 
     Raises `ManifestErrors` with every error of every file: syntax, schema, durations,
-    unset `${VAR}`s, duplicate server names and clashing explicitly named tools.
+    unset `${VAR}`s, duplicate server names, clashing explicitly named tools, and a retention
+    shorter than a call can last (the server's timeout plus the lease, ``lease_ttl``).
     """
     folder = Path(folder).resolve()
     env = os.environ if environ is None else environ
@@ -410,6 +416,8 @@ def load_manifests(folder: Path | str, environ: Mapping[str, str] | None = None)
     for file in files:
         spec, file_errors = _load_file(file, env)
         errors += file_errors
+        if spec is not None:
+            errors += _retention_errors(spec, lease_ttl)
         data_name = spec.name if spec else _peek_name(file)
         if data_name is not None:
             if data_name in owner:
@@ -428,6 +436,25 @@ def load_manifests(folder: Path | str, environ: Mapping[str, str] | None = None)
     if errors:
         raise ManifestErrors(errors)
     return specs
+
+
+def _retention_errors(spec: ServerSpec, lease_ttl: float) -> list[ManifestError]:
+    """A key must outlive its call: a record whose retention ended while its call still ran
+    could be taken over and run again. So retention >= timeout + lease, for every tool."""
+    floor = spec.timeout + lease_ttl
+    errors: list[ManifestError] = []
+    tools = [(f"tools.{n}", p) for n, p in spec.tools.items() if p.retention != spec.defaults.retention]
+    for where, policy in [("defaults", spec.defaults), *tools]:
+        if policy.retention < floor and policy.side_effects is not False:
+            errors.append(
+                ManifestError(
+                    spec.source,
+                    f"{where}.retention",
+                    f"must be at least the server's timeout plus the lease ({floor:g}s): a key must "
+                    "outlive its call, or a retry after the retention could run it again",
+                )
+            )
+    return errors
 
 
 def _peek_name(file: Path) -> str | None:

@@ -8,6 +8,7 @@ transport (stdio, streamable HTTP) serves.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -23,8 +24,10 @@ from mcp.shared.exceptions import MCPError
 from gateway import __version__
 from gateway.downstream import DownstreamPool, DownstreamSession
 from gateway.errors import StoreUnavailable
-from gateway.idempotency.guard import Guard, utcnow
+from gateway.idempotency.fingerprint import Fingerprinter
+from gateway.idempotency.guard import Guard
 from gateway.manifests.models import ServerSpec
+from gateway.secret import SecretError, check_value
 from gateway.server import metrics
 from gateway.server.call_tool import call_tool
 from gateway.server.catalog import Catalog
@@ -66,15 +69,23 @@ class Gateway:
         lease_ttl: float = 10.0,
         sweep_interval: float = 60.0,
         start_timeout: float = 10.0,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] | None = None,
+        secret: bytes | None = None,
+        connect_wait: float = 2.0,
     ) -> None:
         self.specs = list(specs)
         self.store = store
         self.principal = principal
         self.sweep_interval = sweep_interval
         self.start_timeout = start_timeout
-        self.clock = clock
-        self.guard = Guard(store, clock=clock, lease_ttl=lease_ttl)
+        self.connect_wait = connect_wait
+        self.clock = clock or store.now  # the store's time: the database's on a shared server
+        self.guard = Guard(store, clock=self.clock, lease_ttl=lease_ttl)
+        # Fingerprints are keyed by the store's secret (a random one when none is given: a
+        # gateway alone on its store, as in tests).
+        secret = secret if secret is not None else os.urandom(32)
+        self.fingerprint = Fingerprinter(secret)
+        self._secret_check = check_value(secret)
         self.metrics = metrics.CallMetrics()  # served at /metrics over HTTP
         self.pool: DownstreamPool | None = None
         self.catalog: Catalog | None = None
@@ -83,6 +94,7 @@ class Gateway:
         # resources/subscribe, resources/unsubscribe, subscriptions/listen (gateway.audit installs them).
         self.subscription_handlers: dict[str, Any] = {}
         self._store_open = False
+        self._fatal: SecretError | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -90,14 +102,15 @@ class Gateway:
     async def running(self) -> AsyncIterator[Gateway]:
         """Open the store, start every downstream, renew leases and sweep until exit."""
         try:
-            await self.store.open()
-            self._store_open = True
+            await self._open_store()
         except StoreUnavailable as exc:
             # Fail closed, but stay up: read-only tools still work, keyed calls are refused
             # with store_unavailable, and the sweeper keeps trying to open the store.
             logger.error("store unavailable at start-up: %s", exc)
         try:
-            async with DownstreamPool(self.specs, startup_timeout=self.start_timeout) as pool:
+            async with DownstreamPool(
+                self.specs, startup_timeout=self.start_timeout, connect_wait=self.connect_wait
+            ) as pool:
                 self.pool = pool
                 self.catalog = Catalog({name: (s.spec, s) for name, s in pool.sessions.items()})
                 for server, lacking in self.catalog.missing().items():
@@ -105,28 +118,44 @@ class Gateway:
                     for name in lacking:
                         logger.warning("%s: tools.%s: the downstream does not offer this tool", source, name)
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self.guard.renew_leases)
-                    tg.start_soon(self._sweep)
+                    await tg.start(self.guard.serve)
+                    tg.start_soon(self._sweep, tg.cancel_scope)
                     try:
                         yield self
                     finally:
                         tg.cancel_scope.cancel()
+                if self._fatal is not None:
+                    raise self._fatal
         finally:
             with anyio.CancelScope(shield=True):
                 await self.store.close()
 
-    async def _sweep(self) -> None:
+    async def _open_store(self) -> None:
+        """Open the store and check it was made with this gateway's secret (else: SecretError,
+        a configuration error that stops the gateway: its fingerprints would match nothing)."""
+        await self.store.open()
+        if not await self.store.bind_secret(self._secret_check):
+            raise SecretError(
+                "this store's fingerprints were made with another secret: every gateway on one "
+                "store needs the same secret file (--secret-file, IDEM_GATEWAY_SECRET_FILE)"
+            )
+        self._store_open = True
+
+    async def _sweep(self, scope: anyio.CancelScope) -> None:
         while True:
             try:
                 if not self._store_open:
-                    await self.store.open()
-                    self._store_open = True
+                    await self._open_store()
                     logger.info("store is reachable again")
                 deleted = await self.store.purge(self.clock())
                 if deleted:
                     logger.info("swept %d expired records", deleted)
-            except Exception as exc:  # the sweeper must outlive a store outage
+            except StoreUnavailable as exc:  # the sweeper must outlive a store outage
                 logger.error("sweep failed: %s", exc)
+            except SecretError as exc:  # a configuration error: stop serving rather than guess
+                self._fatal = exc
+                scope.cancel()
+                return
             await anyio.sleep(self.sweep_interval)
 
     def session(self, server: str) -> DownstreamSession:
@@ -170,6 +199,7 @@ class Gateway:
             session=self.session(tool.spec.name),
             guard=self.guard,
             audit=self.record,
+            fingerprint=self.fingerprint,
         )
         result.setdefault("resultType", "complete")
         self.metrics.observe(tool.name, result, started)

@@ -7,6 +7,7 @@ catalog lookup → (read-only: validate → downstream) |
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -14,10 +15,11 @@ from typing import Any, Protocol
 from jsonschema import exceptions as jsonschema_exceptions
 from mcp_types import SERVER_INFO_META_KEY
 
+from gateway import meta
 from gateway.downstream.errors import DownstreamError, DownstreamRejected
 from gateway.errors import GatewayError, InvalidArguments, StoreUnavailable
-from gateway.idempotency.fingerprint import fingerprint
-from gateway.idempotency.guard import Guard, Intent
+from gateway.idempotency.fingerprint import Fingerprinter
+from gateway.idempotency.guard import Attempt, Guard, Intent
 from gateway.idempotency.keys import extract_key, forwards_key
 from gateway.server.catalog import ExposedTool
 from gateway.server.errors import refusal_result
@@ -37,6 +39,7 @@ class Downstream(Protocol):
         meta: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         timeout: float,
+        on_send: Callable[[], None] | None = None,
     ) -> dict[str, Any]: ...
 
 
@@ -52,15 +55,42 @@ def redact(arguments: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, A
 
 
 def _clean(result: dict[str, Any]) -> dict[str, Any]:
-    """Drop the downstream's own server identity stamp: the client talks to the gateway."""
-    meta = result.get("_meta")
-    if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
+    """Drop the downstream's own server identity stamp (the client talks to the gateway) and
+    any key in the gateway's ``_meta`` namespace (a downstream cannot forge the gateway's words)."""
+    found = result.get("_meta")
+    if isinstance(found, dict) and (
+        SERVER_INFO_META_KEY in found or any(k.startswith(meta.PREFIX) for k in found)
+    ):
         result = dict(result)
-        result["_meta"] = {k: v for k, v in meta.items() if k != SERVER_INFO_META_KEY}
+        result["_meta"] = {k: v for k, v in meta.strip_ours(found).items() if k != SERVER_INFO_META_KEY}
     return result
 
 
+def _non_finite(value: Any, path: str = "") -> str | None:
+    """The path of a NaN or infinite number (JSON has none: forwarded, they would become null)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path or "(arguments)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _non_finite(v, f"{path}/{k}" if path else str(k))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _non_finite(v, f"{path}/{i}" if path else str(i))
+            if found:
+                return found
+    return None
+
+
 def _check_arguments(tool: ExposedTool, arguments: Mapping[str, Any]) -> None:
+    bad_number = _non_finite(dict(arguments))
+    if bad_number is not None:
+        raise InvalidArguments(
+            f"The arguments hold a number that is not finite (NaN or Infinity) at {bad_number}; JSON "
+            "numbers are finite. Fix the arguments and call again; the same idempotency key may be reused.",
+            path=bad_number,
+        )
     error = jsonschema_exceptions.best_match(tool.validator.iter_errors(arguments))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
@@ -80,6 +110,7 @@ async def call_tool(
     session: Downstream,
     guard: Guard,
     audit: AuditSink,
+    fingerprint: Fingerprinter,
 ) -> dict[str, Any]:
     """Run one call through the gateway and return the CallToolResult dict the client gets."""
     timeout = tool.spec.timeout
@@ -115,30 +146,33 @@ async def call_tool(
         timeout=timeout,
     )
 
-    async def execute() -> dict[str, Any]:
-        try:
-            return await session.call_tool(
+    async def execute(attempt: Attempt) -> dict[str, Any]:
+        return _clean(
+            await session.call_tool(
                 tool.downstream_name,
                 keyed.forward_arguments,
                 meta=keyed.forward_meta,
                 headers=keyed.forward_headers,
                 timeout=timeout,
+                on_send=attempt.mark_sent,
             )
-        except DownstreamRejected as exc:
-            # The downstream answered with a protocol error: the outcome is known (it refused),
-            # so it is a tool error like any other, stored or released per store_errors.
-            return {
-                "content": [{"type": "text", "text": f"The downstream refused the call: {exc}"}],
-                "isError": True,
-            }
+        )
 
     try:
-        return _clean(await guard.run(intent, execute))
+        return await guard.run(intent, execute)
     except StoreUnavailable as error:
         logger.error("store unavailable, refusing %s: %s", tool.name, error)
         return refusal_result(error)
     except GatewayError as error:
         return refusal_result(error)
+    except DownstreamRejected as exc:
+        # Refused before executing (unknown tool, invalid params): the key was released, and
+        # the client sees the downstream's answer as the tool error it is.
+        return _rejected(exc)
+
+
+def _rejected(exc: DownstreamRejected) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
 
 
 async def _record_refusal(
