@@ -164,9 +164,16 @@ async def _serve(args: argparse.Namespace) -> int:
         except HttpRefused as refused:
             print(f"idem-gateway: {refused}", file=sys.stderr)
             return 1
+    from gateway.store.cipher import CipherError
+
+    try:
+        store = open_store(args.store, busy_timeout=float(_env_or("IDEM_GATEWAY_STORE_TIMEOUT", "5")))
+    except CipherError as exc:
+        print(f"idem-gateway: {exc}", file=sys.stderr)
+        return 1
     gateway = Gateway(
         specs,
-        open_store(args.store, busy_timeout=float(_env_or("IDEM_GATEWAY_STORE_TIMEOUT", "5"))),
+        store,
         principal=args.principal,
         lease_ttl=args.lease_ttl,
         sweep_interval=args.sweep_interval,

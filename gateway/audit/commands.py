@@ -24,6 +24,7 @@ from gateway.audit.views import event_view, record_view
 from gateway.check import table
 from gateway.errors import StoreUnavailable
 from gateway.store import Event, EventQuery, RecordState, Store, open_store
+from gateway.store.cipher import CipherError
 
 SHOW_LIMIT = 1000
 START_TIMEOUT = 20.0
@@ -40,7 +41,10 @@ def _fail(message: str) -> int:
 
 @asynccontextmanager
 async def _store(url: str) -> AsyncIterator[Store]:
-    store = open_store(url)
+    try:
+        store = open_store(url)
+    except CipherError as exc:
+        raise CommandError(str(exc)) from None
     await store.open()
     try:
         yield store

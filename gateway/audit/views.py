@@ -6,7 +6,13 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.store.records import Event, Record
+from gateway.store.records import Event, Record, RecordState
+
+UNKNOWN_NOTE = (
+    "The call was sent and its outcome was never learned. This key does not expire and is never "
+    "run again on its own: an operator settles it with `idem-gateway resolve` (as failed: a retry "
+    "executes; as completed: a retry replays the given result)."
+)
 
 
 def iso(at: datetime | None) -> str | None:
@@ -44,6 +50,7 @@ def record_view(record: Record | None, *, with_principal: bool = False) -> dict[
     out: dict[str, Any] = {}
     if with_principal:
         out["principal"] = record.principal
+    unknown = record.state is RecordState.UNKNOWN
     out.update(
         key=record.key,
         server=record.server,
@@ -52,10 +59,12 @@ def record_view(record: Record | None, *, with_principal: bool = False) -> dict[
         fingerprint=record.fingerprint,
         created_at=iso(record.created_at),
         first_executed_at=iso(record.first_executed_at),
-        expires_at=iso(record.expires_at),
+        expires_at=None if unknown else iso(record.expires_at),  # unknown never expires
         result=record.result,
         is_error=record.is_error,
     )
+    if unknown:
+        out["note"] = UNKNOWN_NOTE
     return out
 
 

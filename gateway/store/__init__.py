@@ -19,7 +19,14 @@ __all__ = [
 
 
 def open_store(url: str, **kwargs: object) -> Store:
-    """A store for a SQLAlchemy URL (``sqlite:///...`` or ``postgresql+psycopg://...``)."""
+    """A store for a SQLAlchemy URL (``sqlite:///...`` or ``postgresql+psycopg://...``).
+
+    Encryption at rest follows ``IDEM_GATEWAY_ENCRYPTION_KEYS`` unless ``cipher`` is given
+    (a bad key configuration raises ``cipher.CipherError``).
+    """
+    from gateway.store.cipher import Cipher
     from gateway.store.sql import SqlStore
 
+    if "cipher" not in kwargs:
+        kwargs["cipher"] = Cipher.from_env()
     return SqlStore(url, **kwargs)  # type: ignore[arg-type]

@@ -68,6 +68,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import SQLModel
 
 from gateway.errors import StoreUnavailable
+from gateway.store.cipher import Cipher, CipherError, sealed
 from gateway.store.clock import StoreClock
 from gateway.store.group_commit import GroupCommit
 from gateway.store.records import (
@@ -157,7 +158,7 @@ _EVENT_COLUMNS = (
 )
 
 
-def _record(row: Sequence[Any]) -> Record:
+def _record(row: Sequence[Any], cipher: Cipher | None = None) -> Record:
     return Record(
         principal=row[0],
         key=row[1],
@@ -172,12 +173,12 @@ def _record(row: Sequence[Any]) -> Record:
         expires_at=_EPOCH + timedelta(microseconds=row[10]),
         tombstone_until=_dt(row[11]),
         first_executed_at=_dt(row[12]),
-        result=_loads(row[13]),
+        result=_loads(_opened(row[13], cipher, _result_aad(row[0], row[1]))),
         is_error=bool(row[14]),
     )
 
 
-def _event(row: Sequence[Any]) -> Event:
+def _event(row: Sequence[Any], cipher: Cipher | None = None) -> Event:
     return Event(
         id=int(row[0]),
         at=_EPOCH + timedelta(microseconds=row[1]),
@@ -188,13 +189,35 @@ def _event(row: Sequence[Any]) -> Event:
         outcome=row[6],
         fingerprint=row[7],
         duration_ms=row[8],
-        arguments=_loads(row[9]),
+        arguments=_loads(_opened(row[9], cipher, _event_aad(row[2]))),
         detail=_loads(row[10]) or {},
         cost=row[11],
     )
 
 
-def _event_params(ev: Event) -> dict[str, Any]:
+def _result_aad(principal: str, key: str) -> str:
+    return f"result\x00{principal}\x00{key}"
+
+
+def _event_aad(principal: str) -> str:
+    return f"event\x00{principal}"
+
+
+def _sealed(value: str | None, cipher: Cipher | None, aad: str) -> str | None:
+    return value if value is None or cipher is None else cipher.seal(value, aad)
+
+
+def _opened(value: str | None, cipher: Cipher | None, aad: str) -> str | None:
+    if value is None or not sealed(value):
+        return value
+    if cipher is None:
+        raise CipherError(
+            "the store holds encrypted values: set IDEM_GATEWAY_ENCRYPTION_KEYS to the keys that sealed them"
+        )
+    return cipher.open(value, aad)
+
+
+def _event_params(ev: Event, cipher: Cipher | None = None) -> dict[str, Any]:
     return {
         "at": _us(ev.at),
         "principal": ev.principal,
@@ -204,7 +227,7 @@ def _event_params(ev: Event) -> dict[str, Any]:
         "fingerprint": ev.fingerprint,
         "outcome": ev.outcome,
         "duration_ms": ev.duration_ms,
-        "arguments": _dumps(ev.arguments),
+        "arguments": _sealed(_dumps(ev.arguments), cipher, _event_aad(ev.principal)),
         "detail": _dumps(ev.detail) if ev.detail else None,
         "cost": ev.cost,
     }
@@ -360,7 +383,9 @@ def new_fence() -> int:
 class SqlStore:
     """The ``Store`` on SQLite (``sqlite:///path.db``) or PostgreSQL (``postgresql+psycopg://...``)."""
 
-    def __init__(self, url: str, *, busy_timeout: float = 5.0, pool_size: int = 5) -> None:
+    def __init__(
+        self, url: str, *, busy_timeout: float = 5.0, pool_size: int = 5, cipher: Cipher | None = None
+    ) -> None:
         try:
             self._url: URL = make_url(url)
         except ArgumentError as exc:
@@ -369,6 +394,7 @@ class SqlStore:
         self._password = self._url.password if isinstance(self._url.password, str) else None
         self._busy_timeout = busy_timeout
         self._pool_size = pool_size
+        self._cipher = cipher  # results and event arguments sealed at rest when set
         self._sqlite = self._url.get_backend_name() == "sqlite"
         self._memory = self._sqlite and self._url.database in (None, "", ":memory:")
         self._file: Path | None = (
@@ -645,6 +671,8 @@ class SqlStore:
                     return fn(*args)
             except StoreUnavailable:
                 raise
+            except CipherError as exc:
+                raise StoreUnavailable(str(exc)) from exc
             except (SQLAlchemyError, OSError, self._driver_error, sqlite3.Error) as exc:
                 cause = exc.orig if isinstance(exc, DBAPIError) else exc
                 if getattr(cause, "sqlstate", None) in _RETRYABLE_SQLSTATES and attempt < _ATTEMPTS - 1:
@@ -756,7 +784,7 @@ class SqlStore:
                 pass  # cannot happen with ON CONFLICT; if it does, the read below settles it
             row = tx.one(self._sql_get, {"p": c.principal, "k": c.key})
             if row is not None:
-                return ClaimResult(acquired=False, record=_record(row))
+                return ClaimResult(acquired=False, record=_record(row, self._cipher))
         raise StoreUnavailable(f"the store {self._safe_url} kept changing key {c.key!r} during a claim")
 
     async def get(self, principal: str, key: str) -> Record | None:
@@ -765,7 +793,7 @@ class SqlStore:
     def _get(self, principal: str, key: str) -> Record | None:
         with self._tx(write=False) as tx:
             row = tx.one(self._sql_get, {"p": principal, "k": key})
-        return None if row is None else _record(row)
+        return None if row is None else _record(row, self._cipher)
 
     async def take_over(self, claim: Claim, *, expected: Record) -> Record | None:
         return await self._durable(self._take_over, claim, expected)
@@ -813,7 +841,7 @@ class SqlStore:
             "p": principal,
             "k": key,
             "f": fence,
-            "v_result": _dumps(result),
+            "v_result": _sealed(_dumps(result), self._cipher, _result_aad(principal, key)),
             "v_is_error": is_error,
             "v_executed_at": _us(executed_at),
             "v_expires": _us(expires_at),
@@ -822,13 +850,13 @@ class SqlStore:
         return await self._fast(self._complete, params, event)
 
     def _complete(self, params: dict[str, Any], ev: Event) -> Settled:
-        event_params = _event_params(ev)  # serialise outside the write lock
+        event_params = _event_params(ev, self._cipher)  # serialise outside the write lock
         with self._tx() as tx:
             if tx.run(self._sql_complete, params) == 1:
                 tx.run(self._sql_event, event_params)
                 return Settled.COMPLETED
             if tx.run(self._sql_complete_late, params) == 1:
-                tx.run(self._sql_event, _event_params(late(ev, self.now())))
+                tx.run(self._sql_event, _event_params(late(ev, self.now()), self._cipher))
                 return Settled.LATE
         return Settled.LOST
 
@@ -858,7 +886,7 @@ class SqlStore:
         ev: Event | None,
         extra: dict[str, Any] | None = None,
     ) -> bool:
-        event_params = None if ev is None else _event_params(ev)
+        event_params = None if ev is None else _event_params(ev, self._cipher)
         with self._tx() as tx:
             if tx.run(stmt, {"p": principal, "k": key, "f": fence, **(extra or {})}) != 1:
                 return False
@@ -888,7 +916,7 @@ class SqlStore:
         ev: Event,
         tx: _Cursor,
     ) -> Record | None:
-        event_params = _event_params(ev)
+        event_params = _event_params(ev, self._cipher)
         if result is None:
             if tx.run(self._sql_delete_as_read, _as_read(expected)) != 1:
                 return None
@@ -905,7 +933,7 @@ class SqlStore:
         executed_at = expected.first_executed_at or now
         params = {
             **_as_read(expected),
-            "v_result": _dumps(result),
+            "v_result": _sealed(_dumps(result), self._cipher, _result_aad(expected.principal, expected.key)),
             "v_is_error": is_error,
             "v_executed_at": _us(executed_at),
             "v_expires": _us(expires_at),
@@ -951,7 +979,7 @@ class SqlStore:
         await self._fast(self._append_event, event)
 
     def _append_event(self, ev: Event) -> None:
-        event_params = _event_params(ev)
+        event_params = _event_params(ev, self._cipher)
         with self._tx() as tx:
             tx.run(self._sql_event, event_params)
 
@@ -972,7 +1000,7 @@ class SqlStore:
             stmt = stmt.where(_E.at >= _us(q.since))
         stmt = stmt.order_by(_E.at.desc(), _E.id.desc()).limit(q.limit)
         with self._read() as conn:
-            return [_event(row) for row in conn.execute(stmt)]
+            return [_event(row, self._cipher) for row in conn.execute(stmt)]
 
     async def outcome_counts(
         self, principal: str | None, since: datetime | None
