@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from types import TracebackType
+from typing import cast
 
 import anyio
 import anyio.abc
@@ -15,6 +16,17 @@ from gateway.manifests.models import ServerSpec
 logger = logging.getLogger(__name__)
 
 SessionFactory = Callable[[ServerSpec], DownstreamSession]
+
+
+def session_for(spec: ServerSpec) -> DownstreamSession:
+    """The session kind a manifest's transport asks for: an MCP client, or a REST API's."""
+    if spec.transport == "openapi":
+        from gateway.downstream.openapi import OpenAPISession  # its document reader is an extra
+
+        # OpenAPISession offers DownstreamSession's public surface, not its class; the cast lets
+        # code typed against the concrete class (server.app) hold either.
+        return cast(DownstreamSession, OpenAPISession(spec))
+    return DownstreamSession(spec)
 
 
 class DownstreamPool:
@@ -31,7 +43,7 @@ class DownstreamPool:
         specs: Iterable[ServerSpec],
         *,
         startup_timeout: float = 10.0,
-        session_factory: SessionFactory = DownstreamSession,
+        session_factory: SessionFactory = session_for,
     ) -> None:
         self.sessions: dict[str, DownstreamSession] = {}
         for spec in specs:
