@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from gateway.downstream import DownstreamPool
+from gateway.downstream.openapi import OpenAPISession
 from gateway.manifests import ManifestErrors, load_manifests
 from gateway.manifests.loader import check_exposed_names
 from gateway.server.catalog import Catalog
@@ -34,10 +35,19 @@ async def run_check(folder: Path, *, start_timeout: float = 20.0) -> int:
         return 1
 
     problems: list[str] = []
+    warnings: list[str] = []
     async with DownstreamPool(specs, startup_timeout=start_timeout) as pool:
         for name, session in pool.sessions.items():
+            source = session.spec.source.name
             if not session.ready:
-                problems.append(f"{session.spec.source.name}: server: downstream {name!r} did not start")
+                reason = f": {session.last_error}" if session.last_error else ""
+                problems.append(f"{source}: server: downstream {name!r} did not start{reason}")
+            if isinstance(session, OpenAPISession):
+                warnings += [f"{source}: server.spec: {warning}" for warning in session.warnings]
+                problems += [
+                    f"{source}: server.operations: {op!r} is not an operation of the document"
+                    for op in session.unknown_operations
+                ]
         catalog = Catalog({n: (s.spec, s) for n, s in pool.sessions.items()})
         tools_by_server = {n: [str(t["name"]) for t in s.tools] for n, s in pool.sessions.items()}
         problems.extend(str(e) for e in check_exposed_names(specs, tools_by_server))
@@ -65,6 +75,8 @@ async def run_check(folder: Path, *, start_timeout: float = 20.0) -> int:
                 ]
             )
     print(table(rows))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:

@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The HTTP client logs each request's URL (arguments, as query parameters, that `redact` may
+    # mask) and, at debug, each response's headers: never at the gateway's own levels.
+    for name in ("httpx2", "httpcore2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     handler = COMMANDS[args.command]
     try:
         return int(anyio.run(handler, args) or 0)

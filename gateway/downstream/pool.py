@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from types import TracebackType
+from typing import cast
 
 import anyio
 import anyio.abc
@@ -13,6 +14,17 @@ from gateway.downstream.session import DownstreamSession
 from gateway.manifests.models import ServerSpec
 
 logger = logging.getLogger(__name__)
+
+
+def session_for(spec: ServerSpec, *, connect_wait: float = 2.0) -> DownstreamSession:
+    """The session kind a manifest's transport asks for: an MCP client, or a REST API's."""
+    if spec.transport == "openapi":
+        from gateway.downstream.openapi import OpenAPISession  # its document reader is an extra
+
+        # OpenAPISession offers DownstreamSession's public surface, not its class; the cast lets
+        # code typed against the concrete class (server.app) hold either.
+        return cast(DownstreamSession, OpenAPISession(spec))
+    return DownstreamSession(spec, inline_connect_timeout=connect_wait)
 
 
 class DownstreamPool:
@@ -35,7 +47,7 @@ class DownstreamPool:
         for spec in specs:
             if spec.name in self.sessions:
                 raise ValueError(f"duplicate downstream name {spec.name!r}")
-            self.sessions[spec.name] = DownstreamSession(spec, inline_connect_timeout=connect_wait)
+            self.sessions[spec.name] = session_for(spec, connect_wait=connect_wait)
         self.startup_timeout = startup_timeout
         self._task_group: anyio.abc.TaskGroup | None = None
 

@@ -11,6 +11,7 @@ is expanded from it: those may be secrets.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from typing import Any, cast
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from gateway.manifests.models import ForwardKey, ServerSpec, ToolPolicy
+from gateway.manifests.models import KEY_HEADER, ForwardKey, ServerSpec, ToolPolicy
 
 __all__ = [
     "ManifestError",
@@ -40,7 +41,7 @@ __all__ = [
 SUFFIXES = (".toml", ".json")
 
 # Fields whose strings expand ${VAR}; their values are never echoed in a message.
-_EXPANDED = ("command", "args", "env", "cwd", "url", "headers")
+_EXPANDED = ("command", "args", "env", "cwd", "url", "headers", "spec", "base_url")
 # A command with one of these exact names runs under the gateway's own interpreter, so a
 # manifest written as `command = "python"` works from a venv without python on PATH.
 _SELF_PYTHON = frozenset({"python", "python3"})
@@ -186,10 +187,8 @@ def _schema_error(file: Path, error: ValidationError) -> ManifestError:
     if kind == "required":
         missing = next((n for n in value if n not in error.instance), value[0])
         why = ""
-        if "then" in error.relative_schema_path:
-            why = ' (transport "http")'
-        elif "else" in error.relative_schema_path:
-            why = ' (transport "stdio")'
+        if "then" in error.relative_schema_path and isinstance(error.instance, dict):
+            why = f' (transport "{error.instance.get("transport", "stdio")}")'
         return ManifestError(file, _dotted([*parts, missing]), f"required{why}")
     if kind == "type":
         expected = " or ".join(value) if isinstance(value, list) else value
@@ -307,8 +306,10 @@ def _policy(b: _Build, where: str, table: dict[str, Any], base: ToolPolicy, tran
     if isinstance(table.get("forward_key"), str):
         kind, sep, arg = table["forward_key"].partition(":")
         if sep and arg and kind in ("argument", "meta", "header"):
-            if kind == "header" and transport != "http":
-                b.error(f"{where}.forward_key", 'a "header:" forward_key needs transport "http"')
+            if kind == "header" and transport not in ("http", "openapi"):
+                b.error(f"{where}.forward_key", 'a "header:" forward_key needs transport "http" or "openapi"')
+            elif kind != "header" and transport == "openapi":
+                b.error(f"{where}.forward_key", 'transport "openapi" takes only a "header:NAME" forward_key')
             else:
                 changes["forward_key"] = ForwardKey(cast(Any, kind), arg)
     if isinstance(table.get("key_from"), str) and table["key_from"]:
@@ -352,7 +353,12 @@ def _build(b: _Build, data: dict[str, Any]) -> ServerSpec | None:
 
     timeout = b.duration("server.timeout", server.get("timeout", "30s"), positive=True)
 
-    defaults = _policy(b, "defaults", _table(data.get("defaults")), ToolPolicy(), transport)
+    openapi = _openapi(b, server) if transport == "openapi" else {}
+    base = ToolPolicy()
+    if transport == "openapi":
+        # The API dedupes on the key itself: every operation forwards it, as key_header.
+        base = ToolPolicy(forward_key=ForwardKey("header", server.get("key_header", KEY_HEADER)))
+    defaults = _policy(b, "defaults", _table(data.get("defaults")), base, transport)
     tools = {
         tool: _policy(b, f"tools.{tool}", _table(table), defaults, transport)
         for tool, table in _table(data.get("tools")).items()
@@ -369,12 +375,35 @@ def _build(b: _Build, data: dict[str, Any]) -> ServerSpec | None:
         cwd=cwd,
         url=url,
         headers=headers,
+        **openapi,
         tool_prefix=server.get("tool_prefix", ""),
         timeout=cast(float, timeout),
         expose=server.get("expose", "all"),
         defaults=defaults,
         tools=tools,
     )
+
+
+def _openapi(b: _Build, server: dict[str, Any]) -> dict[str, Any]:
+    """The `transport = "openapi"` fields: the document (a URL, or a file next to the manifest)."""
+    if importlib.util.find_spec("openapi_spec_validator") is None:
+        b.error(
+            "server.transport",
+            "transport \"openapi\" needs the [openapi] extra: pip install 'mcp-idempotency-gateway[openapi]'",
+        )
+    document = b.expand("server.spec", server.get("spec"))
+    if isinstance(document, str) and not re.match(r"^https?://", document):
+        path = (b.file.parent / document).resolve()
+        if not path.is_file():
+            b.error("server.spec", "no such file (a path is relative to the manifest's folder)")
+        document = str(path)
+    operations = server.get("operations")
+    return {
+        "openapi_spec": document,
+        "base_url": b.expand("server.base_url", server.get("base_url")),
+        "operations": tuple(_strings(operations)) if operations is not None else None,
+        "key_header": server.get("key_header", KEY_HEADER),
+    }
 
 
 def _load_file(file: Path, environ: Mapping[str, str]) -> tuple[ServerSpec | None, list[ManifestError]]:

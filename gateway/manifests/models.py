@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 KEY_ARGUMENT = "idempotency_key"
+KEY_HEADER = "Idempotency-Key"  # the IETF draft's header: where an OpenAPI downstream gets the key
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +41,21 @@ class ToolPolicy:
 
 @dataclass(frozen=True, slots=True)
 class ServerSpec:
-    """One downstream MCP server and the policy for its tools."""
+    """One downstream (an MCP server, or an HTTP API described by OpenAPI) and the policy for its tools."""
 
     name: str
     source: Path  # the manifest file it came from
-    transport: Literal["stdio", "http"] = "stdio"
+    transport: Literal["stdio", "http", "openapi"] = "stdio"
     command: str | None = None
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)  # already expanded
     cwd: Path | None = None
     url: str | None = None
     headers: dict[str, str] = field(default_factory=dict)  # already expanded
+    openapi_spec: str | None = None  # openapi: an absolute file path or an http(s) URL
+    base_url: str | None = None  # openapi: operation paths are appended to it
+    operations: tuple[str, ...] | None = None  # openapi: the tools to make; None = every operation
+    key_header: str = KEY_HEADER  # openapi: the header the idempotency key is sent in
     tool_prefix: str = ""
     timeout: float = 30.0
     expose: Literal["all", "listed"] = "all"
