@@ -55,6 +55,15 @@ def new_key() -> str:
     return str(uuid.uuid4())
 
 
+def forwarded_key(key: str, principal: str = "local") -> str:
+    """The key a deduping downstream receives for ``key`` from the gateways of this test session
+    (scoped to the principal, under the session's secret: see ``Fingerprinter.forwarded_key``)."""
+    from gateway.idempotency.fingerprint import Fingerprinter
+    from gateway.secret import default_secret_file, load_or_create
+
+    return Fingerprinter(load_or_create(default_secret_file())).forwarded_key(principal, key)
+
+
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -31,6 +31,7 @@ from mcp.client.session import ClientSession, IncomingMessage
 from mcp.shared.dispatcher import CallOptions
 from mcp.shared.exceptions import MCPError
 
+from gateway import meta
 from gateway.downstream.errors import (
     BEFORE_EXECUTION_CODES,
     DownstreamLost,
@@ -449,7 +450,7 @@ class DownstreamSession:
         try:
             if on_send is not None:
                 on_send()
-            return await conn.request(method, params, timeout=timeout, headers=headers)
+            return _foreign(await conn.request(method, params, timeout=timeout, headers=headers))
         except MCPError as exc:
             raise self._translate(conn, exc, wire, timeout) from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError) as exc:
@@ -514,6 +515,19 @@ class DownstreamSession:
         for secret in self.spec.secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def _foreign(result: dict[str, Any]) -> dict[str, Any]:
+    """A downstream's result as the gateway may pass it on: without the downstream's own server
+    identity stamp (the client talks to the gateway) and without any key in the gateway's
+    ``_meta`` namespace (a downstream cannot forge the gateway's words, such as its outcome)."""
+    found = result.get("_meta")
+    if isinstance(found, dict) and (
+        types.SERVER_INFO_META_KEY in found or any(k.startswith(meta.PREFIX) for k in found)
+    ):
+        result = dict(result)
+        result["_meta"] = {k: v for k, v in meta.strip_ours(found).items() if k != types.SERVER_INFO_META_KEY}
+    return result
 
 
 def _absorb_tools(session: ClientSession, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:

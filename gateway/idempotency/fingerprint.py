@@ -31,7 +31,7 @@ def canonical_json(value: Any) -> str:
 
 
 class Fingerprinter:
-    """Fingerprints under one store's secret."""
+    """Fingerprints, and the keys forwarded downstream, under one store's secret."""
 
     def __init__(self, key: bytes) -> None:
         if len(key) < 16:
@@ -44,6 +44,17 @@ class Fingerprinter:
         kept = {k: v for k, v in arguments.items() if k not in dropped}
         payload = canonical_json({"tool": tool, "arguments": kept}).encode("utf-8")
         return hmac.new(self._key, payload, hashlib.sha256).hexdigest()
+
+    def forwarded_key(self, principal: str, key: str) -> str:
+        """The key a downstream that dedupes (``forward_key``, native ``idempotency_key``) sees.
+
+        Derived from the principal and the key: a downstream has one credential for every
+        principal, so the raw key would let principal B, sending A's key with A's payload,
+        receive A's result from the downstream's own dedupe. 64 hex characters: fits every
+        key format a downstream may impose (Stripe's 255, the IETF draft's opaque string).
+        """
+        message = f"forwarded-key\x00{principal}\x00{key}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
 
 def _write(value: Any, out: list[str]) -> None:

@@ -375,7 +375,7 @@ class Guard:
             reason = str(getattr(exc, "reason", None) or type(exc).__name__)
             logger.warning("a keyed call's outcome is unknown (%s)", reason, exc_info=exc)
             await self._lost(intent, held, reason, started)
-            raise self._unknown_error(reason) from exc
+            raise self._unknown_error(reason, forwards_key=intent.forwards_key) from exc
 
     async def _settle_result(
         self,
@@ -441,8 +441,16 @@ class Guard:
         first = record.first_executed_at or record.created_at
         return meta.stamped(record.result, outcome=Outcome.REPLAYED.value, first_executed_at=meta.iso(first))
 
-    def _unknown_error(self, reason: str | None = None) -> OutcomeUnknown:
+    def _unknown_error(self, reason: str | None = None, *, forwards_key: bool = False) -> OutcomeUnknown:
         extra = {"reason": reason} if reason else {}
+        if forwards_key:
+            return OutcomeUnknown(
+                "A call with this idempotency key reached the tool, but its outcome was not learned. "
+                "The tool deduplicates this key itself, so retry with the same key: the gateway sends "
+                "it again and the tool answers once. Never use a new key for this action.",
+                retry_with_same_key=True,
+                **extra,
+            )
         return OutcomeUnknown(
             "A call with this idempotency key reached the tool, but its outcome was never learned, so "
             "it will not be run again blindly. Read audit://keys/{key} or ask an operator to resolve "

@@ -7,7 +7,7 @@ with the same key executes.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,10 +48,13 @@ def extract_key(
     policy: ToolPolicy,
     *,
     native: bool,
+    forward_as: Callable[[str], str] = str,
 ) -> KeyedCall:
     """Read the key from the arguments or ``_meta``; raise a refusal if it is missing or bad.
 
-    ``native``: the downstream tool takes ``idempotency_key`` itself, so it is forwarded as is.
+    ``native``: the downstream tool takes ``idempotency_key`` itself. Wherever the key goes
+    downstream (natively, or by ``forward_key``) it goes as ``forward_as(key)``: the gateway
+    passes a key scoped to the caller's principal (``Fingerprinter.forwarded_key``).
     """
     args = dict(arguments)
     if policy.key_from is not None:
@@ -66,7 +69,7 @@ def extract_key(
             _MESSAGE_ID_RE,
             policy.key_from,
         )
-        return _forward(key, dict(args), args, policy, native=True)
+        return _forward(key, dict(args), args, policy, forward_as(key))
 
     in_args = args.pop(KEY_ARGUMENT, None) if not native else args.get(KEY_ARGUMENT)
     in_meta = meta.get(META_KEY) if meta else None
@@ -82,9 +85,10 @@ def extract_key(
         )
     key = _check(in_args if in_args is not None else in_meta, _KEY_RE, KEY_ARGUMENT)
     fingerprint_args = {k: v for k, v in args.items() if k != KEY_ARGUMENT}
+    downstream_key = forward_as(key)
     if native:
-        args[KEY_ARGUMENT] = key
-    return _forward(key, fingerprint_args, args, policy, native=native)
+        args[KEY_ARGUMENT] = downstream_key
+    return _forward(key, fingerprint_args, args, policy, downstream_key)
 
 
 def _check(value: Any, pattern: re.Pattern[str], name: str) -> str:
@@ -99,18 +103,18 @@ def _check(value: Any, pattern: re.Pattern[str], name: str) -> str:
 
 
 def _forward(
-    key: str, fingerprint_args: dict[str, Any], args: dict[str, Any], policy: ToolPolicy, *, native: bool
+    key: str, fingerprint_args: dict[str, Any], args: dict[str, Any], policy: ToolPolicy, downstream_key: str
 ) -> KeyedCall:
     meta: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
     fk = policy.forward_key
     if fk is not None:
         if fk.kind == "argument":
-            args[fk.name] = key
+            args[fk.name] = downstream_key
         elif fk.kind == "meta":
-            meta = {fk.name: key}
+            meta = {fk.name: downstream_key}
         else:
-            headers = {fk.name: key}
+            headers = {fk.name: downstream_key}
     return KeyedCall(key, fingerprint_args, args, meta, headers)
 
 

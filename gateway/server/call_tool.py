@@ -13,9 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from jsonschema import exceptions as jsonschema_exceptions
-from mcp_types import SERVER_INFO_META_KEY
 
-from gateway import meta
 from gateway.downstream.errors import DownstreamError, DownstreamRejected
 from gateway.errors import GatewayError, InvalidArguments, StoreUnavailable
 from gateway.idempotency.fingerprint import Fingerprinter
@@ -52,18 +50,6 @@ def redact(arguments: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, A
     if not fields:
         return dict(arguments)
     return {k: (REDACTED if k in fields else v) for k, v in arguments.items()}
-
-
-def _clean(result: dict[str, Any]) -> dict[str, Any]:
-    """Drop the downstream's own server identity stamp (the client talks to the gateway) and
-    any key in the gateway's ``_meta`` namespace (a downstream cannot forge the gateway's words)."""
-    found = result.get("_meta")
-    if isinstance(found, dict) and (
-        SERVER_INFO_META_KEY in found or any(k.startswith(meta.PREFIX) for k in found)
-    ):
-        result = dict(result)
-        result["_meta"] = {k: v for k, v in meta.strip_ours(found).items() if k != SERVER_INFO_META_KEY}
-    return result
 
 
 def _non_finite(value: Any, path: str = "") -> str | None:
@@ -118,7 +104,7 @@ async def call_tool(
         # Read-only: no key, no record; cancellation flows straight through.
         try:
             _check_arguments(tool, arguments)
-            return _clean(await session.call_tool(tool.downstream_name, dict(arguments), timeout=timeout))
+            return await session.call_tool(tool.downstream_name, dict(arguments), timeout=timeout)
         except GatewayError as error:
             return refusal_result(error)
         except DownstreamError as exc:
@@ -126,7 +112,13 @@ async def call_tool(
 
     policy = tool.policy
     try:
-        keyed = extract_key(arguments, meta, policy, native=tool.native)
+        keyed = extract_key(
+            arguments,
+            meta,
+            policy,
+            native=tool.native,
+            forward_as=lambda key: fingerprint.forwarded_key(principal, key),
+        )
         _check_arguments(
             tool, keyed.fingerprint_arguments | ({"idempotency_key": keyed.key} if tool.native else {})
         )
@@ -147,15 +139,13 @@ async def call_tool(
     )
 
     async def execute(attempt: Attempt) -> dict[str, Any]:
-        return _clean(
-            await session.call_tool(
-                tool.downstream_name,
-                keyed.forward_arguments,
-                meta=keyed.forward_meta,
-                headers=keyed.forward_headers,
-                timeout=timeout,
-                on_send=attempt.mark_sent,
-            )
+        return await session.call_tool(
+            tool.downstream_name,
+            keyed.forward_arguments,
+            meta=keyed.forward_meta,
+            headers=keyed.forward_headers,
+            timeout=timeout,
+            on_send=attempt.mark_sent,
         )
 
     try:

@@ -16,7 +16,7 @@ import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.support import Setup, alive, error_code, meta_of, new_key, outcome, wait_for
+from tests.support import Setup, alive, error_code, forwarded_key, meta_of, new_key, outcome, wait_for
 
 INVOICE = {"customer": "acme", "amount": 120.5, "currency": "EUR"}
 
@@ -376,7 +376,7 @@ async def test_a_forwarded_key_is_resent_after_an_unknown_outcome(setup: Setup) 
     assert outcome(again) == "replayed"
     charged = [x for x in setup.ledger_lines() if x["tool"] == "slow_charge" and x.get("phase") == "charged"]
     assert len(charged) == 1
-    assert charged[0]["args"]["idempotency_key"] == key
+    assert charged[0]["args"]["idempotency_key"] == forwarded_key(key)  # scoped to the principal
 
 
 async def test_gateway_killed_mid_call_leaves_the_key_unknown_for_the_next_gateway(setup: Setup) -> None:

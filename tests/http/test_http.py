@@ -37,7 +37,7 @@ from tests.http.kit import (
     invoice,
     serve_argv,
 )
-from tests.support import EXAMPLE_SERVER, Setup, error_code, new_key, outcome, wait_for
+from tests.support import EXAMPLE_SERVER, Setup, error_code, forwarded_key, new_key, outcome, wait_for
 
 
 @pytest.fixture
@@ -342,6 +342,6 @@ async def test_forward_key_header_reaches_an_http_downstream(tmp_path: Path) -> 
     assert outcome(again) == "replayed"
     seen = first.structured_content or {}
     seen = seen.get("result", seen)
-    assert seen.get("idempotency-key") == key
+    assert seen.get("idempotency-key") == forwarded_key(key, "alice")
     # The gateway's own bearer token never travels downstream.
     assert TOKENS["alice"] not in json.dumps(seen)

@@ -143,3 +143,28 @@ def test_a_key_is_accepted_exactly_when_it_is_16_to_255_characters_of_the_alphab
     else:
         with pytest.raises(IdempotencyKeyInvalid):
             extract_key({"idempotency_key": key}, None, ToolPolicy(), native=False)
+
+
+def test_a_forwarded_key_is_scoped_to_the_principal_wherever_it_goes() -> None:
+    from gateway.idempotency.fingerprint import Fingerprinter
+
+    fp = Fingerprinter(b"s" * 32)
+    for policy, native in (
+        (ToolPolicy(forward_key=ForwardKey("header", "Idempotency-Key")), False),
+        (ToolPolicy(forward_key=ForwardKey("meta", "io.example/key")), False),
+        (ToolPolicy(forward_key=ForwardKey("argument", "request_id")), False),
+        (ToolPolicy(), True),
+    ):
+        seen = []
+        for principal in ("alice", "bob"):
+            call = extract_key(
+                {"idempotency_key": KEY},
+                None,
+                policy,
+                native=native,
+                forward_as=lambda k, p=principal: fp.forwarded_key(p, k),  # type: ignore[misc]
+            )
+            assert call.key == KEY  # the gateway's own key is the client's
+            sent = (call.forward_headers or {}) | (call.forward_meta or {}) | call.forward_arguments
+            seen.append(next(v for v in sent.values() if v != KEY and len(str(v)) == 64))
+        assert seen[0] != seen[1]  # two principals' same key never meet at the downstream

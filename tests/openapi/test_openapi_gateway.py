@@ -22,7 +22,7 @@ from mcp.client.stdio import stdio_client
 
 from gateway.idempotency.keys import KEY_PATTERN
 from tests.openapi.openapi_kit import GATEWAY_ENV, TOKEN, free_port, invoices_api, write_openapi_manifest
-from tests.support import Setup, error_code, meta_of, new_key, outcome, wait_for
+from tests.support import Setup, error_code, forwarded_key, meta_of, new_key, outcome, wait_for
 
 WAIT = 60.0
 INVOICE = {"customer": "acme", "amount": 12.5}
@@ -113,7 +113,7 @@ async def test_a_post_runs_once_and_its_retries_replay_it(setup: Setup) -> None:
     requests = api.requests("createInvoice")
     assert len(requests) == 1  # the retries never reached the API
     assert requests[0]["outcome"] == "executed"
-    assert requests[0]["key"] == key  # the gateway's key, as the Idempotency-Key header
+    assert requests[0]["key"] == forwarded_key(key)  # the key, scoped to the principal, as the header
     assert requests[0]["authorized"] is True  # the manifest's ${INVOICES_TOKEN} header
     assert requests[0]["trace_id"] == "trace-1"  # a header parameter
     assert fetched.structured_content == first.structured_content
@@ -131,7 +131,7 @@ async def test_connection_refused_is_downstream_unavailable_and_releases_the_key
                 retried = await create(client, key)
     assert error_code(refused) == "downstream_unavailable" and refused.is_error
     assert outcome(retried) == "executed" and not retried.is_error
-    assert [r["key"] for r in api.executions("createInvoice")] == [key]
+    assert [r["key"] for r in api.executions("createInvoice")] == [forwarded_key(key)]
 
 
 @pytest.mark.parametrize("fault", ["error_after_effect", "crash_after_effect"])
@@ -157,8 +157,8 @@ async def test_a_5xx_or_a_dropped_connection_is_unknown_and_the_retry_resends_th
     # Ran once; the re-send with the same key got the API's stored answer.
     assert len(api.executions("createInvoice")) == 1
     assert [(r["outcome"], r["key"]) for r in api.requests("createInvoice")] == [
-        ("executed", key),
-        ("replayed", key),
+        ("executed", forwarded_key(key)),
+        ("replayed", forwarded_key(key)),
     ]
     assert api.executions("createInvoice")[0]["status"] == 201
 
