@@ -55,10 +55,14 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     or_,
     select,
     tuple_,
     update,
+)
+from sqlalchemy import (
+    cast as sql_cast,
 )
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -369,6 +373,30 @@ class _Cursor:
         return self._cursor.fetchone()
 
 
+def _with_event(stmt: Any) -> Any:
+    """``stmt`` and the insert of its audit event as one statement (PostgreSQL, CockroachDB):
+    a data-modifying CTE, so the event is written exactly when the write matched a row."""
+    done = stmt.returning(literal_column("1")).cte("done")
+    typed = (sql_cast(bindparam(name), EVENTS.c[name].type) for name in _EVENT_KEYS)
+    values = select(*typed).select_from(done)
+    return insert(EVENTS).from_select(list(_EVENT_KEYS), values)
+
+
+class _WithEvent:
+    """A fenced write and the event it records: one statement and one round trip on PostgreSQL,
+    two statements in one transaction on SQLite (which has no DML inside a CTE)."""
+
+    __slots__ = ("combined", "plain")
+
+    def __init__(self, stmt: Any, dialect: Any, *, combine: bool) -> None:
+        self.plain = _Prepared(stmt, dialect)
+        self.combined = _Prepared(_with_event(stmt), dialect) if combine else None
+
+
+class _Disconnected(Exception):
+    """A pooled PostgreSQL connection turned out dead; the call may be retried on a new one."""
+
+
 class _Busy(Exception):
     """The SQLite write lock is held elsewhere: retry the call on a worker thread, which waits."""
 
@@ -426,14 +454,15 @@ class SqlStore:
         self._sql_claim = _Prepared(self._insert_claim, dialect, _RECORD_KEYS)
         self._sql_event = _Prepared(_INSERT_EVENT, dialect, _EVENT_KEYS)
         self._sql_get = _Prepared(_GET, dialect)
-        self._sql_complete = _Prepared(_COMPLETE, dialect)
-        self._sql_complete_late = _Prepared(_COMPLETE_LATE, dialect)
-        self._sql_resolve = _Prepared(_RESOLVE, dialect)
-        self._sql_mark_unknown = _Prepared(_MARK_UNKNOWN, dialect)
-        self._sql_mark_dead_unknown = _Prepared(_MARK_DEAD_UNKNOWN, dialect)
+        combine = not self._sqlite
+        self._sql_complete = _WithEvent(_COMPLETE, dialect, combine=combine)
+        self._sql_complete_late = _WithEvent(_COMPLETE_LATE, dialect, combine=combine)
+        self._sql_resolve = _WithEvent(_RESOLVE, dialect, combine=combine)
+        self._sql_mark_unknown = _WithEvent(_MARK_UNKNOWN, dialect, combine=combine)
+        self._sql_mark_dead_unknown = _WithEvent(_MARK_DEAD_UNKNOWN, dialect, combine=combine)
+        self._sql_release = _WithEvent(_RELEASE, dialect, combine=combine)
+        self._sql_delete_as_read = _WithEvent(_DELETE_AS_READ, dialect, combine=combine)
         self._sql_renew = _Prepared(_RENEW, dialect)
-        self._sql_release = _Prepared(_RELEASE, dialect)
-        self._sql_delete_as_read = _Prepared(_DELETE_AS_READ, dialect)
         self._sql_take_over = _Prepared(_TAKE_OVER, dialect)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -461,7 +490,9 @@ class SqlStore:
                     self._url,
                     pool_size=self._pool_size,
                     max_overflow=self._pool_size * 2,
-                    pool_pre_ping=True,
+                    # No ping per checkout (a round trip on every call): a connection found dead
+                    # is invalidated and the call retried once instead (see _tx and _run).
+                    pool_recycle=1800,
                     connect_args={"connect_timeout": max(2, math.ceil(self._busy_timeout))},
                 )
                 event.listen(engine, "connect", self._on_postgres_connect)
@@ -671,6 +702,10 @@ class SqlStore:
                     return fn(*args)
             except StoreUnavailable:
                 raise
+            except _Disconnected as exc:
+                if attempt == 0:
+                    continue  # every statement here is conditional: running it again is safe
+                raise self._unavailable(exc.__cause__ or exc) from exc
             except CipherError as exc:
                 raise StoreUnavailable(str(exc)) from exc
             except (SQLAlchemyError, OSError, self._driver_error, sqlite3.Error) as exc:
@@ -717,10 +752,18 @@ class SqlStore:
 
     @contextmanager
     def _tx(self, *, write: bool = True) -> Iterator[_Cursor]:
-        """One transaction on a raw pooled connection (SQLite writes: ``BEGIN IMMEDIATE``)."""
+        """One transaction on a raw pooled connection.
+
+        SQLite: ``BEGIN IMMEDIATE`` (or ``BEGIN`` to read) ... ``COMMIT``. PostgreSQL: autocommit,
+        every statement its own transaction: every use here is one statement that must be
+        atomic on its own (a write and its event are one CTE, ``_WithEvent``), so a call costs
+        one round trip per statement and no BEGIN/COMMIT.
+        """
         inline = getattr(self._local, "inline", False)
         dbapi_connection = self._inline_connection() if inline else self._engine.raw_connection()
         try:
+            if not self._sqlite:
+                _driver(dbapi_connection).autocommit = True
             cursor = dbapi_connection.cursor()
             try:
                 if self._sqlite:
@@ -731,15 +774,43 @@ class SqlStore:
                             raise _Busy from exc
                         raise
                 yield _Cursor(cursor)
-                dbapi_connection.commit()
-            except BaseException:
-                dbapi_connection.rollback()
+                if self._sqlite:
+                    dbapi_connection.commit()
+            except BaseException as exc:
+                if self._sqlite:
+                    dbapi_connection.rollback()
+                elif self._disconnected(exc, dbapi_connection):
+                    # The server dropped it (restart, idle timeout, terminated): throw it and its
+                    # pooled siblings away; _run retries once on a fresh connection.
+                    dbapi_connection.invalidate(exc)
+                    self._engine.dispose(close=False)
+                    raise _Disconnected from exc
                 raise
             finally:
                 cursor.close()
         finally:
             if not inline:
+                if not self._sqlite and dbapi_connection.is_valid:
+                    _driver(dbapi_connection).autocommit = False  # as SQLAlchemy expects it
                 dbapi_connection.close()  # back to the pool
+
+    def _disconnected(self, exc: BaseException, connection: Any) -> bool:
+        cause = exc.orig if isinstance(exc, DBAPIError) else exc
+        if not isinstance(cause, self._driver_error):
+            return False
+        return bool(self._engine.dialect.is_disconnect(cast(Any, cause), connection.dbapi_connection, None))
+
+    def _with_event(self, tx: _Cursor, write: _WithEvent, params: dict[str, Any], ev: Event | None) -> bool:
+        """Run a fenced write and, if it matched, record ``ev`` with it (atomically)."""
+        if ev is None:
+            return tx.run(write.plain, params) == 1
+        event_params = _event_params(ev, self._cipher)
+        if write.combined is not None:
+            return tx.run(write.combined, {**params, **event_params}) == 1
+        if tx.run(write.plain, params) != 1:
+            return False
+        tx.run(self._sql_event, event_params)
+        return True
 
     # -- records ---------------------------------------------------------------------------
 
@@ -784,7 +855,10 @@ class SqlStore:
                 pass  # cannot happen with ON CONFLICT; if it does, the read below settles it
             row = tx.one(self._sql_get, {"p": c.principal, "k": c.key})
             if row is not None:
-                return ClaimResult(acquired=False, record=_record(row, self._cipher))
+                record = _record(row, self._cipher)
+                # Our own insert, committed before a dropped connection hid its answer (this is
+                # a retry, see _run): the fence is this attempt's own random number.
+                return ClaimResult(acquired=record.fence == fence, record=record)
         raise StoreUnavailable(f"the store {self._safe_url} kept changing key {c.key!r} during a claim")
 
     async def get(self, principal: str, key: str) -> Record | None:
@@ -850,13 +924,11 @@ class SqlStore:
         return await self._fast(self._complete, params, event)
 
     def _complete(self, params: dict[str, Any], ev: Event) -> Settled:
-        event_params = _event_params(ev, self._cipher)  # serialise outside the write lock
         with self._tx() as tx:
-            if tx.run(self._sql_complete, params) == 1:
-                tx.run(self._sql_event, event_params)
+            if self._with_event(tx, self._sql_complete, params, ev):
                 return Settled.COMPLETED
-            if tx.run(self._sql_complete_late, params) == 1:
-                tx.run(self._sql_event, _event_params(late(ev, self.now()), self._cipher))
+            # Rare: the key was marked unknown under this very fence while the call ran.
+            if self._with_event(tx, self._sql_complete_late, params, late(ev, self.now())):
                 return Settled.LATE
         return Settled.LOST
 
@@ -879,20 +951,15 @@ class SqlStore:
 
     def _fenced_with_event(
         self,
-        stmt: _Prepared,
+        write: _WithEvent,
         principal: str,
         key: str,
         fence: int,
         ev: Event | None,
         extra: dict[str, Any] | None = None,
     ) -> bool:
-        event_params = None if ev is None else _event_params(ev, self._cipher)
         with self._tx() as tx:
-            if tx.run(stmt, {"p": principal, "k": key, "f": fence, **(extra or {})}) != 1:
-                return False
-            if event_params is not None:
-                tx.run(self._sql_event, event_params)
-        return True
+            return self._with_event(tx, write, {"p": principal, "k": key, "f": fence, **(extra or {})}, ev)
 
     async def resolve(
         self,
@@ -916,12 +983,10 @@ class SqlStore:
         ev: Event,
         tx: _Cursor,
     ) -> Record | None:
-        event_params = _event_params(ev, self._cipher)
         if result is None:
-            if tx.run(self._sql_delete_as_read, _as_read(expected)) != 1:
-                return None
-            tx.run(self._sql_event, event_params)
-            return expected
+            return (
+                expected if self._with_event(tx, self._sql_delete_as_read, _as_read(expected), ev) else None
+            )
         # The result is kept for the tool's retention from now on (the record carries it).
         retention = expected.expires_at - expected.created_at
         expires_at = now + retention
@@ -939,9 +1004,8 @@ class SqlStore:
             "v_expires": _us(expires_at),
             "v_tombstone": _us_opt(tombstone),
         }
-        if tx.run(self._sql_resolve, params) != 1:
+        if not self._with_event(tx, self._sql_resolve, params, ev):
             return None
-        tx.run(self._sql_event, event_params)
         return replace(
             expected,
             state=RecordState.COMPLETED,
@@ -1028,6 +1092,12 @@ class SqlStore:
             stmt = stmt.where(_R.principal == principal)
         with self._read() as conn:
             return int(conn.execute(stmt).scalar_one())
+
+
+def _driver(pooled: Any) -> Any:
+    """The driver's own connection under SQLAlchemy's pool proxy (attributes set on the proxy
+    do not reach it)."""
+    return pooled.dbapi_connection
 
 
 def _as_read(record: Record) -> dict[str, Any]:

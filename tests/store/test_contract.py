@@ -812,3 +812,31 @@ async def test_a_postgresql_server_that_is_down_is_unavailable_and_the_password_
 async def test_an_unparseable_store_url_is_refused() -> None:
     with pytest.raises(StoreUnavailable):
         SqlStore("not a url")
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_connection_killed_while_idle_is_replaced_without_an_error(
+    postgres_url: str,
+) -> None:
+    """No ping per call: a pooled connection the server dropped is found dead on use, thrown
+    away, and the call retried once on a fresh one."""
+    import pg
+    import psycopg
+
+    with pg.fresh_database(postgres_url) as url:
+        store = SqlStore(url)
+        await store.open()
+        try:
+            assert (await store.claim(claim("key-before-kill-00"))).acquired
+            name = url.rsplit("/", 1)[1]
+            with psycopg.connect(pg._admin_conninfo(postgres_url), autocommit=True) as admin:
+                killed = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                ).fetchone()
+            assert killed is not None and killed[0] >= 1
+            assert (await store.claim(claim("key-after-kill-000"))).acquired
+            assert await store.get("alice", "key-before-kill-00") is not None
+        finally:
+            await store.close()
