@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 from jsonschema import exceptions as jsonschema_exceptions
@@ -123,7 +123,7 @@ async def call_tool(
             tool, keyed.fingerprint_arguments | ({"idempotency_key": keyed.key} if tool.native else {})
         )
     except GatewayError as error:
-        await _record_refusal(audit, error, tool, principal, arguments)
+        await _record_refusal(audit, error, tool, principal, arguments, at=guard.clock())
         return refusal_result(error)
 
     intent = Intent(
@@ -166,11 +166,17 @@ def _rejected(exc: DownstreamRejected) -> dict[str, Any]:
 
 
 async def _record_refusal(
-    audit: AuditSink, error: GatewayError, tool: ExposedTool, principal: str, arguments: Mapping[str, Any]
+    audit: AuditSink,
+    error: GatewayError,
+    tool: ExposedTool,
+    principal: str,
+    arguments: Mapping[str, Any],
+    *,
+    at: datetime,
 ) -> None:
     key = arguments.get("idempotency_key")
     event = Event(
-        at=datetime.now(UTC),
+        at=at,
         principal=principal,
         key=key if isinstance(key, str) and len(key) <= 255 else None,
         server=tool.spec.name,
