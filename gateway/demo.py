@@ -296,6 +296,9 @@ async def run_demo(args: argparse.Namespace) -> int:
             args=[
                 *("-m", "gateway", "serve", "--manifests", str(tmp / "manifests")),
                 *("--store", store, "--principal", principal),
+                # A store of its own gets a secret of its own, in the temporary folder too; a
+                # given --store uses the default secret, as any gateway on that store would.
+                *(() if args.store else ("--secret-file", str(tmp / "secret.key"))),
             ],
             env={**os.environ, "IDEM_GATEWAY_LOG_LEVEL": os.environ.get("IDEM_GATEWAY_LOG_LEVEL", "WARNING")},
             cwd=str(tmp),
