@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", help="stdio part: comma-separated legs to run")
     parser.add_argument("--no-fastmcp", action="store_true", help="skip the FastMCP legs")
     parser.add_argument("--no-replicas", action="store_true", help="http part: skip the replica leg")
+    parser.add_argument("--replica-actions", type=int, default=400, help="replica leg: actions, each sent twice")
     parser.add_argument("--pg-fsync", action="store_true", help="PostgreSQL with fsync=on (default off)")
     parser.add_argument(
         "--scale-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10_000, 100_000, 1_000_000]
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2) + "\n")
     finally:
+        if "pgcluster" in sys.modules:
+            sys.modules["pgcluster"].stop()
         if not args.keep:
             import shutil
 
