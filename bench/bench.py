@@ -30,7 +30,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kit import BENCH, machine  # noqa: E402
+from kit import BENCH, machine
 
 RESULTS = BENCH / "results" / "latest.json"
 PARTS = ("stdio", "http", "pg", "scale")
@@ -51,7 +51,8 @@ def print_sequential(seq: dict[str, Any], title: str) -> None:
     print(f"{'leg':<18}{'revision':>12}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean':>9}{'fail':>6}")
     for name, f in seq.items():
         print(
-            f"{name:<18}{_fmt(f.get('protocol_version'), 12)}{_fmt(f.get('p50_ms'), 9)}{_fmt(f.get('p90_ms'), 9)}"
+            f"{name:<18}{_fmt(f.get('protocol_version'), 12)}"
+            f"{_fmt(f.get('p50_ms'), 9)}{_fmt(f.get('p90_ms'), 9)}"
             f"{_fmt(f.get('p99_ms'), 9)}{_fmt(f.get('mean_ms'), 9)}{_fmt(f.get('failures'), 6)}"
         )
         if f.get("first_failure"):
@@ -71,7 +72,8 @@ def print_throughput(thr: dict[str, Any], title: str) -> None:
         for c in levels:
             f = by.get(str(c), {})
             fails += f.get("failures", 0) or 0
-            row += f"{_fmt(f.get('calls_per_s'), 15, 1)}{_fmt(f.get('p50_ms'), 8, 2)}{_fmt(f.get('p99_ms'), 8, 2)}"
+            row += _fmt(f.get("calls_per_s"), 15, 1)
+            row += f"{_fmt(f.get('p50_ms'), 8, 2)}{_fmt(f.get('p99_ms'), 8, 2)}"
         print(row + f"{fails:>6}")
 
 
@@ -96,8 +98,12 @@ def report(part: str, out: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--http", action="store_true", help="also the streamable HTTP legs (+ replicas on PG)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--http", action="store_true", help="also the streamable HTTP legs (+ replicas on PG)"
+    )
     parser.add_argument("--pg", action="store_true", help="also PostgreSQL against SQLite")
     parser.add_argument("--scale", action="store_true", help="also the stored-keys, RSS and store-size legs")
     parser.add_argument("--only-parts", help=f"comma-separated parts to run, of {','.join(PARTS)}")
@@ -105,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=30, help="unmeasured sequential calls per leg first")
     parser.add_argument("--calls", type=int, default=400, help="calls per leg per in-flight level")
     parser.add_argument(
-        "--inflight", type=lambda s: [int(x) for x in s.split(",") if x], default=[8, 32],
+        "--inflight",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        default=[8, 32],
         help="stdio throughput levels (default 8,32; empty to skip)",
     )
     parser.add_argument(
@@ -116,7 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", help="stdio part: comma-separated legs to run")
     parser.add_argument("--no-fastmcp", action="store_true", help="skip the FastMCP legs")
     parser.add_argument("--no-replicas", action="store_true", help="http part: skip the replica leg")
-    parser.add_argument("--replica-actions", type=int, default=400, help="replica leg: actions, each sent twice")
+    parser.add_argument(
+        "--replica-actions", type=int, default=400, help="replica leg: actions, each sent twice"
+    )
     parser.add_argument("--pg-fsync", action="store_true", help="PostgreSQL with fsync=on (default off)")
     parser.add_argument(
         "--scale-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[10_000, 100_000, 1_000_000]
@@ -127,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the figures")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (stores, ledgers, logs)")
     args = parser.parse_args(argv)
-    args.profile_dir = Path(os.environ["IDEM_BENCH_PROFILE"]) if os.environ.get("IDEM_BENCH_PROFILE") else None
+    args.profile_dir = (
+        Path(os.environ["IDEM_BENCH_PROFILE"]) if os.environ.get("IDEM_BENCH_PROFILE") else None
+    )
 
     if args.only_parts:
         parts = [p for p in args.only_parts.split(",") if p]

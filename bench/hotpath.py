@@ -40,8 +40,8 @@ from mcp import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kit import BENCH, children_matching, gateway_stdio, new_key, write_manifest  # noqa: E402
-from part_stdio import first_execution  # noqa: E402
+from kit import BENCH, children_matching, gateway_stdio, new_key, write_manifest
+from part_stdio import first_execution
 
 PY_SPY = BENCH / ".venv-plot" / "bin" / "py-spy"
 RESULTS = BENCH / "results" / "profile.json"
@@ -197,9 +197,22 @@ async def profile_leg(leg: str, args: argparse.Namespace, work: Path) -> dict[st
                 if args.no_py_spy or not PY_SPY.exists():
                     break
                 spy = subprocess.Popen(
-                    [str(PY_SPY), "record", "--pid", str(pid), "--rate", "1000", "--format", "raw",
-                     "--full-filenames", "--output", str(spy_out), "--nonblocking"],
-                    stdout=subprocess.DEVNULL, stderr=open(out_dir / "py-spy.log", "wb"),  # noqa: SIM115
+                    [
+                        str(PY_SPY),
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--rate",
+                        "1000",
+                        "--format",
+                        "raw",
+                        "--full-filenames",
+                        "--output",
+                        str(spy_out),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(out_dir / "py-spy.log", "wb"),
                 )
                 await anyio.sleep(1.0)  # py-spy attaches
             (out_dir / "next-window").write_text("cprofile" if mode == "cprofile" else "counters")
@@ -278,7 +291,9 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--legs", default="pass,first,replay")

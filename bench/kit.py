@@ -327,8 +327,13 @@ def gateway_stdio(manifests: Path, store: str, *, profile_dir: Path | None = Non
     return StdioServerParameters(command=argv[0], args=argv[1:], env=quiet_env(), cwd=str(REPO))
 
 
-def fastmcp_argv(*, backend_url: str | None = None, ledger: Path | None = None, http: int | None = None,
-                 per_request: bool = False) -> list[str]:
+def fastmcp_argv(
+    *,
+    backend_url: str | None = None,
+    ledger: Path | None = None,
+    http: int | None = None,
+    per_request: bool = False,
+) -> list[str]:
     argv = [str(FASTMCP_PYTHON), str(FASTMCP_PROXY)]
     if backend_url:
         argv += ["--backend-url", backend_url]
@@ -343,7 +348,9 @@ def fastmcp_argv(*, backend_url: str | None = None, ledger: Path | None = None, 
 
 def require_fastmcp() -> None:
     if not FASTMCP_PYTHON.exists():
-        sys.exit(f"{FASTMCP_PYTHON} is missing: run bench/setup.sh (see bench/README.md) or pass --no-fastmcp")
+        sys.exit(
+            f"{FASTMCP_PYTHON} is missing: run bench/setup.sh (see bench/README.md) or pass --no-fastmcp"
+        )
 
 
 class RoundRobin(httpx2.AsyncBaseTransport):

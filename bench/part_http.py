@@ -94,7 +94,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 spawn(fastmcp_argv(backend_url=down_url, http=fm_port), log=fm_log, env=quiet_env(), cwd=work)
             )
             await wait_listening(fm_port, fm_proc, fm_log)
-            fm = await stack.enter_async_context(http_client(f"http://127.0.0.1:{fm_port}/mcp", mode=args.mode))
+            fm = await stack.enter_async_context(
+                http_client(f"http://127.0.0.1:{fm_port}/mcp", mode=args.mode)
+            )
             legs.append(Leg("fastmcp", lambda i: fm.call_tool("noop_ro", {"x": i}), client=fm))
         replay_key = new_key()
         await first_execution(gw, replay_key)
@@ -124,7 +126,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             out["notes"] += replicas.pop("notes")
             out["tables"]["three --stateless replicas on one PostgreSQL, round-robin"] = [
                 f"{replicas['actions']} actions x 2 copies at {replicas['inflight']} in flight: "
-                f"{replicas['calls_per_s']} calls/s, p50 {replicas['p50_ms']} ms, p99 {replicas['p99_ms']} ms",
+                f"{replicas['calls_per_s']} calls/s, "
+                f"p50 {replicas['p50_ms']} ms, p99 {replicas['p99_ms']} ms",
                 f"outcomes {replicas['outcomes']}; executions in the ledger {replicas['executions']}, "
                 f"duplicates {replicas['duplicates']}, actions that never ran {replicas['missing']}",
             ]
@@ -140,7 +143,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
-async def _cpu_per_call(legs: list[Leg], pids: dict[str, int], calls: int = 200) -> dict[str, dict[str, float]]:
+async def _cpu_per_call(
+    legs: list[Leg], pids: dict[str, int], calls: int = 200
+) -> dict[str, dict[str, float]]:
     """CPU milliseconds each process spends per call of a leg (sequential calls, one leg at a time)."""
     out: dict[str, dict[str, float]] = {}
     for leg in legs:
@@ -208,7 +213,9 @@ async def _replicas(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             ports = []
             for n in range(REPLICAS):
                 gw_port, gw_log = free_port(), work / f"replica{n}.log"
-                argv = gateway_argv(manifests, pg_url, "--transport", "http", "--port", str(gw_port), "--stateless")
+                argv = gateway_argv(
+                    manifests, pg_url, "--transport", "http", "--port", str(gw_port), "--stateless"
+                )
                 proc = await stack.enter_async_context(spawn(argv, log=gw_log, env=quiet_env(), cwd=work))
                 await wait_listening(gw_port, proc, gw_log, "/healthz")
                 ports.append(gw_port)

@@ -106,7 +106,11 @@ def bulk_pg(url: str, template: str, start: int, stop: int) -> None:
                 "WHERE table_schema = current_schema() AND table_name = %s ORDER BY ordinal_position",
                 (table,),
             ).fetchall()
-            cols = [n for n, default, ident in info if ident != "YES" and not str(default or "").startswith("nextval")]
+            cols = [
+                n
+                for n, default, ident in info
+                if ident != "YES" and not str(default or "").startswith("nextval")
+            ]
             quoted = ", ".join(f'"{c}"' for c in cols)
             rows = conn.execute(f'SELECT {quoted} FROM "{table}" WHERE "key" = %s', (template,)).fetchall()  # type: ignore[arg-type]
             plans.append((f'COPY "{table}" ({quoted}) FROM STDIN', cols.index("key"), rows))
@@ -131,7 +135,8 @@ def store_bytes(url: str) -> int:
     with pgcluster.connect(url) as conn:
         row = conn.execute(
             "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
         ).fetchone()
         return int(row[0]) if row else 0
 
@@ -143,7 +148,9 @@ async def _sizes(args: argparse.Namespace, work: Path, backend: str, url: str) -
     out: dict[str, Any] = {}
     manifests = write_manifest(work / f"manifests-{backend}", ledger=work / f"{backend}-ledger.jsonl")
     async with AsyncExitStack() as stack:
-        gw = await stack.enter_async_context(Client(gateway_stdio(manifests, url), mode=args.mode, cache=None))
+        gw = await stack.enter_async_context(
+            Client(gateway_stdio(manifests, url), mode=args.mode, cache=None)
+        )
         template = new_key()
         await first_execution(gw, template)
         stored = 0
@@ -155,7 +162,11 @@ async def _sizes(args: argparse.Namespace, work: Path, backend: str, url: str) -
             stored = size
             bound = size
             legs = [
-                Leg("claim", lambda i: gw.call_tool("append", {"x": i, "idempotency_key": new_key()}), "executed"),
+                Leg(
+                    "claim",
+                    lambda i: gw.call_tool("append", {"x": i, "idempotency_key": new_key()}),
+                    "executed",
+                ),
                 Leg(
                     "replay",
                     lambda i, b=bound: gw.call_tool(
@@ -185,9 +196,13 @@ async def _rss(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     url = f"sqlite:///{work / 'rss-store' / 'gateway.db'}"
     run = new_key()
     async with AsyncExitStack() as stack:
-        gw = await stack.enter_async_context(Client(gateway_stdio(manifests, url), mode=args.mode, cache=None))
+        gw = await stack.enter_async_context(
+            Client(gateway_stdio(manifests, url), mode=args.mode, cache=None)
+        )
         pids = children_matching(str(manifests))
-        gateway_pids = [p for p in pids if " -m gateway " in Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")]
+        gateway_pids = [
+            p for p in pids if " -m gateway " in Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")
+        ]
         if len(gateway_pids) != 1:
             raise RuntimeError(f"cannot tell the gateway's pid among {pids}")
         pid = gateway_pids[0]
@@ -242,7 +257,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         keys = int(hi) - int(lo)
         per_1k = (sizes[hi]["store_bytes"] - sizes[lo]["store_bytes"]) / keys * 1000 / 1e6 if keys else None
         out.setdefault("mb_per_1k_keys", {})[backend] = round(per_1k, 3) if per_1k is not None else None
-        rows.append(f"store size: {per_1k:.2f} MB per 1k keys (a record and its event each)" if per_1k else "")
+        rows.append(
+            f"store size: {per_1k:.2f} MB per 1k keys (a record and its event each)" if per_1k else ""
+        )
         out["tables"][f"{backend}: latency against stored keys"] = rows
         for leg in ("claim", "replay"):
             out["targets"].append(

@@ -19,7 +19,7 @@ from typing import Any
 from kit import REPO
 
 sys.path.insert(0, str(REPO / "tests"))
-import pg  # noqa: E402  (tests/pg.py: initdb, start, fresh databases)
+import pg
 
 _cluster: Any = None
 _notes: list[str] = []
@@ -62,7 +62,8 @@ def cluster(*, fsync: bool = False) -> tuple[Any, list[str]]:
                 for name in ("server_version", "synchronous_commit", "fsync", "full_page_writes")
             }
         _notes.append(
-            "PostgreSQL {server_version}: throwaway cluster on loopback, synchronous_commit={synchronous_commit}, "
+            "PostgreSQL {server_version}: throwaway cluster on loopback, "
+            "synchronous_commit={synchronous_commit}, "
             "fsync={fsync}, full_page_writes={full_page_writes}".format(**settings)
             + ("" if settings["fsync"] == "on" else " (a commit waits for its WAL write, not for the disk)")
         )

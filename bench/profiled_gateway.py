@@ -7,8 +7,8 @@ wrap is skipped quietly when the name it wraps is gone (the gateway's code moves
 
 Measurement windows: ``SIGUSR1`` opens one, ``SIGUSR2`` closes it and writes
 ``OUT_DIR/window-N.json`` (and ``window-N.pstats`` when ``OUT_DIR/next-window`` said
-``cprofile`` at the opening: a cProfile of the loop thread on its CPU clock). ``bench/hotpath.py`` drives this. A window records, for the
-event-loop thread:
+``cprofile`` at the opening: a cProfile of the loop thread on its CPU clock).
+``bench/hotpath.py`` drives this. A window records, for the event-loop thread:
 - ``cpu_s``: its CPU time (``time.thread_time``), i.e. the loop's busy time (``process_cpu_s``:
   every thread's, worker threads included);
 - ``loop_passes`` (calls of the selector's ``select``, one per pass of the asyncio loop) and

@@ -22,7 +22,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-
 from gateway.store import open_store
 from gateway.store.records import Claim, Event
 
