@@ -30,7 +30,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kit import BENCH, machine
+from kit import BENCH, log_warnings, machine
 
 RESULTS = BENCH / "results" / "latest.json"
 PARTS = ("stdio", "http", "pg", "scale")
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             out = anyio.run(runner, args, folder)
             out["seconds"] = round(time.perf_counter() - started, 1)
+            out.setdefault("notes", []).extend(log_warnings(folder))
             out["at"] = datetime.now(UTC).isoformat(timespec="seconds")
             out["machine"] = machine()
             out["settings"] = {

@@ -40,7 +40,7 @@ from mcp import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kit import BENCH, children_matching, gateway_stdio, new_key, write_manifest
+from kit import BENCH, children_matching, gateway_stdio, logged, new_key, write_manifest
 from part_stdio import first_execution
 
 PY_SPY = BENCH / ".venv-plot" / "bin" / "py-spy"
@@ -167,7 +167,11 @@ async def profile_leg(leg: str, args: argparse.Namespace, work: Path) -> dict[st
     store = args.store or f"sqlite:///{work / f'store-{leg}' / 'gateway.db'}"
     async with AsyncExitStack() as stack:
         gw = await stack.enter_async_context(
-            Client(gateway_stdio(manifests, store, profile_dir=out_dir), mode=args.mode, cache=None)
+            Client(
+                logged(gateway_stdio(manifests, store, profile_dir=out_dir), work / f"gateway-{leg}.log"),
+                mode=args.mode,
+                cache=None,
+            )
         )
         pids = children_matching(str(out_dir))
         pids = [p for p in pids if "profiled_gateway.py" in Path(f"/proc/{p}/cmdline").read_text()]

@@ -27,7 +27,7 @@ import anyio
 import httpx2
 from anyio.abc import Process
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 BENCH = Path(__file__).resolve().parent
@@ -325,6 +325,25 @@ def gateway_argv(manifests: Path, store: str, *extra: str, profile_dir: Path | N
 def gateway_stdio(manifests: Path, store: str, *, profile_dir: Path | None = None) -> StdioServerParameters:
     argv = gateway_argv(manifests, store, profile_dir=profile_dir)
     return StdioServerParameters(command=argv[0], args=argv[1:], env=quiet_env(), cwd=str(REPO))
+
+
+def logged(params: StdioServerParameters, log: Path) -> Any:
+    """A stdio transport for ``mcp.Client`` whose child's stderr goes to ``log`` (kept open)."""
+    return stdio_client(params, errlog=log.open("a"))
+
+
+def log_warnings(folder: Path) -> list[str]:
+    """One note per log file under ``folder`` with WARNING/ERROR lines: how many, and the first."""
+    notes = []
+    for log in sorted(folder.rglob("*.log")):
+        lines = [
+            line
+            for line in log.read_text(errors="replace").splitlines()
+            if " WARNING " in line or " ERROR " in line
+        ]
+        if lines:
+            notes.append(f"{log.name}: {len(lines)} warning/error lines, e.g. {lines[0][:160]}")
+    return notes
 
 
 def fastmcp_argv(

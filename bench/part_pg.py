@@ -15,7 +15,7 @@ from typing import Any
 from mcp import Client
 
 import pgcluster
-from kit import Leg, gateway_stdio, new_key, ratio, sequential, target, throughput, write_manifest
+from kit import Leg, gateway_stdio, logged, new_key, ratio, sequential, target, throughput, write_manifest
 from part_stdio import first_execution, gateway_legs
 
 
@@ -29,7 +29,11 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             ):
                 manifests = write_manifest(work / f"manifests-{name}", ledger=work / f"{name}-ledger.jsonl")
                 gw = await stack.enter_async_context(
-                    Client(gateway_stdio(manifests, store), mode=args.mode, cache=None)
+                    Client(
+                        logged(gateway_stdio(manifests, store), work / f"gateway-{name}.log"),
+                        mode=args.mode,
+                        cache=None,
+                    )
                 )
                 key = new_key()
                 await first_execution(gw, key)

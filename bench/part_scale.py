@@ -38,6 +38,7 @@ from kit import (
     _burst,
     children_matching,
     gateway_stdio,
+    logged,
     new_key,
     ratio,
     rss_mb,
@@ -48,6 +49,7 @@ from kit import (
 from part_stdio import first_execution
 
 PLOT = BENCH / "scale.png"
+DEFAULT_JSON = BENCH / "results" / "latest.json"
 CHUNK = 20_000
 
 
@@ -148,9 +150,8 @@ async def _sizes(args: argparse.Namespace, work: Path, backend: str, url: str) -
     out: dict[str, Any] = {}
     manifests = write_manifest(work / f"manifests-{backend}", ledger=work / f"{backend}-ledger.jsonl")
     async with AsyncExitStack() as stack:
-        gw = await stack.enter_async_context(
-            Client(gateway_stdio(manifests, url), mode=args.mode, cache=None)
-        )
+        params = logged(gateway_stdio(manifests, url), work / f"gateway-{backend}.log")
+        gw = await stack.enter_async_context(Client(params, mode=args.mode, cache=None))
         template = new_key()
         await first_execution(gw, template)
         stored = 0
@@ -196,9 +197,8 @@ async def _rss(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     url = f"sqlite:///{work / 'rss-store' / 'gateway.db'}"
     run = new_key()
     async with AsyncExitStack() as stack:
-        gw = await stack.enter_async_context(
-            Client(gateway_stdio(manifests, url), mode=args.mode, cache=None)
-        )
+        params = logged(gateway_stdio(manifests, url), work / "gateway-rss.log")
+        gw = await stack.enter_async_context(Client(params, mode=args.mode, cache=None))
         pids = children_matching(str(manifests))
         gateway_pids = [
             p for p in pids if " -m gateway " in Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")
@@ -299,5 +299,7 @@ def _plot(out: dict[str, Any], args: argparse.Namespace) -> None:
     data = args.json.parent / "scale-plot.json"
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text(json.dumps({"sizes": out["sizes"], "rss": out.get("rss")}))
-    subprocess.run([str(PLOT_PYTHON), str(BENCH / "plot.py"), str(data), str(PLOT)], check=True)
-    out["notes"].append(f"plot: {PLOT.relative_to(BENCH.parent)}")
+    # The committed plot comes from full runs only; a trial run (--json elsewhere) plots beside its JSON.
+    plot = PLOT if args.json.resolve() == DEFAULT_JSON.resolve() else args.json.with_suffix(".png")
+    subprocess.run([str(PLOT_PYTHON), str(BENCH / "plot.py"), str(data), str(plot)], check=True)
+    out["notes"].append(f"plot: {plot}")

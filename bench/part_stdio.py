@@ -25,6 +25,7 @@ from kit import (
     downstream_stdio,
     fastmcp_argv,
     gateway_stdio,
+    logged,
     new_key,
     outcome_of,
     quiet_env,
@@ -104,11 +105,12 @@ def targets(seq: dict[str, Any]) -> list[dict[str, Any]]:
 async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
 
-        async def connect(params: StdioServerParameters) -> Client:
-            return await stack.enter_async_context(Client(params, mode=args.mode, cache=None))
+        async def connect(params: StdioServerParameters, name: str) -> Client:
+            transport = logged(params, work / f"{name}.log")
+            return await stack.enter_async_context(Client(transport, mode=args.mode, cache=None))
 
         legs: list[Leg] = []
-        direct = await connect(downstream_stdio(work / "direct-ledger.jsonl"))
+        direct = await connect(downstream_stdio(work / "direct-ledger.jsonl"), "downstream")
         legs += [
             Leg("direct_ro", lambda i: direct.call_tool("noop_ro", {"x": i}), client=direct),
             Leg("direct_se", lambda i: direct.call_tool("append", {"x": i}), client=direct),
@@ -117,12 +119,14 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             require_fastmcp()
             for name, per_request in (("fastmcp", False), ("fastmcp_per_req", True)):
                 argv = fastmcp_argv(ledger=work / f"{name}-ledger.jsonl", per_request=per_request)
-                proxy = await connect(StdioServerParameters(command=argv[0], args=argv[1:], env=quiet_env()))
+                proxy = await connect(
+                    StdioServerParameters(command=argv[0], args=argv[1:], env=quiet_env()), name
+                )
                 legs.append(Leg(name, lambda i, p=proxy: p.call_tool("noop_ro", {"x": i}), client=proxy))
 
         manifests = write_manifest(work / "manifests-stdio", ledger=work / "gw-ledger.jsonl")
         store = f"sqlite:///{work / 'stdio-store' / 'gateway.db'}"
-        gw = await connect(gateway_stdio(manifests, store, profile_dir=args.profile_dir))
+        gw = await connect(gateway_stdio(manifests, store, profile_dir=args.profile_dir), "gateway")
         replay_key = new_key()
         await first_execution(gw, replay_key)
         legs += gateway_legs(gw, replay_key)
