@@ -10,7 +10,8 @@ and warmed up; then three windows of ``--calls`` sequential calls each:
    probes of the hot path (``store.claim``, ``guard.run``, ...);
 2. cProfile of the loop thread: self time per function, summed by category;
 3. py-spy (``bench/.venv-plot/bin/py-spy``, if present) sampling the loop thread at 1 kHz:
-   each sample goes to the category of its innermost Python frame.
+   a sample goes to tracing, jsonschema, store or JSON+pydantic if any of its frames is theirs
+   (in that order), else to the category of its innermost Python frame.
 
 cProfile runs on the thread's CPU clock; its category shares are applied to the busy time of 1
 (its own overhead inflates small functions). py-spy samples wall time while the thread is not
@@ -56,7 +57,12 @@ CATEGORIES = (
     "event loop + anyio plumbing",
     "logging",
     "other (stdlib: uuid, datetime, hashlib, ...)",
+    "tracing (the SDK's OpenTelemetry spans)",
 )
+TRACING = CATEGORIES[9]
+# py-spy: a sample that has a frame of one of these anywhere in its stack belongs to it (first
+# match wins), because their own callees (stdlib, contextlib, re, json) are their cost too.
+INCLUSIVE = (TRACING, CATEGORIES[2], CATEGORIES[3], CATEGORIES[1])
 IDLE = "idle"
 INSTRUMENT = "instrument"
 
@@ -83,6 +89,8 @@ def classify(filename: str, func: str) -> str:
         return CATEGORIES[8]
     if "profiled_gateway.py" in f:
         return INSTRUMENT
+    if "/opentelemetry/" in f or "/mcp/shared/_otel" in f:
+        return TRACING
     if "/gateway/store/" in f or "/sqlalchemy/" in f or "/psycopg" in f or "/sqlite3/" in f:
         return CATEGORIES[3]
     if "/jsonschema" in f or "/referencing/" in f or "/rpds" in f:
@@ -151,9 +159,17 @@ def pyspy_shares(path: Path) -> tuple[dict[str, float], int]:
         frames = stack.split(";")
         if not any("_run_once (" in fr for fr in frames):
             continue  # not the event-loop thread
-        leaf = frames[-1]
-        func, _, where = leaf.partition(" (")
-        category = classify(where.rsplit(":", 1)[0], func)
+        cats = []
+        for frame in frames:
+            func, _, where = frame.partition(" (")
+            cats.append(classify(where.rsplit(":", 1)[0], func))
+        func, _, where = frames[-1].partition(" (")
+        if where.rsplit(":", 1)[0].endswith("selectors.py") and func.endswith("select"):
+            # py-spy shows no native frames: a sample inside epoll_wait (or runnable again after
+            # it, waiting for a core) has the selector's select() as its leaf: waiting, not work.
+            category = IDLE
+        else:
+            category = next((c for c in INCLUSIVE if c in cats), cats[-1])
         if category in (IDLE, INSTRUMENT):
             continue
         by[category] += int(count)
