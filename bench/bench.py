@@ -84,7 +84,11 @@ def print_targets(targets: list[dict[str, Any]]) -> None:
 
 
 def report(part: str, out: dict[str, Any]) -> None:
-    print(f"\n==== {part} ({out['seconds']:.0f} s) ====")
+    load = out["machine"]
+    print(
+        f"\n==== {part} ({out['seconds']:.0f} s; load average {load['loadavg_at_start'][0]} at start, "
+        f"{load['loadavg_at_end'][0]} at end, {load['cpus']} cpus) ===="
+    )
     for note in out.get("notes", []):
         print(f"note: {note}")
     print_sequential(out.get("sequential", {}), "sequential latency (interleaved)")
@@ -166,11 +170,12 @@ def main(argv: list[str] | None = None) -> None:
             folder.mkdir()
             print(f"\n.. {part} part running", flush=True)
             started = time.perf_counter()
+            load_before = [round(x, 2) for x in os.getloadavg()]
             out = anyio.run(runner, args, folder)
             out["seconds"] = round(time.perf_counter() - started, 1)
             out.setdefault("notes", []).extend(log_warnings(folder))
             out["at"] = datetime.now(UTC).isoformat(timespec="seconds")
-            out["machine"] = machine()
+            out["machine"] = {**machine(), "loadavg_at_start": load_before}
             out["settings"] = {
                 k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"
             }
