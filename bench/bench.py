@@ -89,6 +89,8 @@ def report(part: str, out: dict[str, Any]) -> None:
         f"\n==== {part} ({out['seconds']:.0f} s; load average {load['loadavg_at_start'][0]} at start, "
         f"{load['loadavg_at_end'][0]} at end, {load['cpus']} cpus) ===="
     )
+    if out.get("error"):
+        print(f"FAILED: {out['error'][:500]}")
     for note in out.get("notes", []):
         print(f"note: {note}")
     print_sequential(out.get("sequential", {}), "sequential latency (interleaved)")
@@ -171,7 +173,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\n.. {part} part running", flush=True)
             started = time.perf_counter()
             load_before = [round(x, 2) for x in os.getloadavg()]
-            out = anyio.run(runner, args, folder)
+            try:
+                out = anyio.run(runner, args, folder)
+            except Exception as exc:  # one part failing must not lose the others' figures
+                import traceback
+
+                traceback.print_exc()
+                out = {"error": f"{type(exc).__name__}: {exc}"[:2000], "targets": []}
             out["seconds"] = round(time.perf_counter() - started, 1)
             out.setdefault("notes", []).extend(log_warnings(folder))
             out["at"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -193,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nall parts: {time.perf_counter() - started_all:.0f} s; wrote {args.json}")
     summary = [(p, t) for p in parts for t in results["parts"][p].get("targets", [])]
     missed = ", ".join(f"{p}: {t['target']}" for p, t in summary if not t["pass"]) or "none"
+    failed = [p for p in parts if results["parts"][p].get("error")]
+    if failed:
+        print(f"FAILED parts (their figures are missing): {', '.join(failed)}")
     print(f"PASS {sum(t['pass'] for _, t in summary)} / {len(summary)}; MISS: {missed}")
 
 

@@ -391,8 +391,14 @@ class RoundRobin(httpx2.AsyncBaseTransport):
 
 
 def _limits() -> httpx2.Limits:
-    # Enough kept-alive connections for 128 in flight: the client must not be the bottleneck.
-    return httpx2.Limits(max_connections=512, max_keepalive_connections=512)
+    """Enough kept-alive connections for 128 in flight: the client must not be the bottleneck.
+
+    Idle connections are dropped after 2 s, before uvicorn's 5 s keep-alive timeout closes them
+    from the server's side: reusing a connection the server is just closing fails the request
+    (a ``ReadError`` that the SDK does not retry, rightly, for a POST), and on a loaded machine
+    legs idle for more than 5 s while the others run.
+    """
+    return httpx2.Limits(max_connections=512, max_keepalive_connections=512, keepalive_expiry=2.0)
 
 
 @asynccontextmanager
