@@ -6,12 +6,13 @@ PostgreSQL), as copies of one real record that the gateway itself wrote: every t
 changed (an auto-increment ``id`` is left to the database). So the bench follows the store's
 schema as it changes. Keys are hashes, so they land all over the indexes like real ones.
 
-At each size, through one stdio gateway on that store, interleaved: ``claim`` = a first execution
-with a fresh key (the fsync tool), ``replay`` = a replay of a random pre-stored key (a cold
-record, not the one hot key of the stdio part). Target: p50 at the largest size <= 1.2x the
-p50 at the smallest. Then RSS: a fresh gateway, 100k calls at 32 in flight (a new key, then its
-replay, alternately), RSS sampled every 10k calls; target: the end within 1.10x of the start.
-A plot of both goes to ``bench/scale.png`` (matplotlib from ``bench/.venv-plot``).
+One store and one stdio gateway per size (and store kind), all legs of all sizes interleaved
+round by round: ``claim`` = a first execution with a fresh key (the fsync tool), ``replay`` = a
+replay of a random pre-stored key (a cold record, not the one hot key of the stdio part).
+Target: p50 at the largest size <= 1.2x the p50 at the smallest. Then RSS: a fresh gateway,
+100k calls at 32 in flight (a new key, then its replay, alternately), RSS sampled every 10k
+calls; target: the end within 1.10x of the start. A plot of both goes to ``bench/scale.png``
+(matplotlib from ``bench/.venv-plot``).
 """
 
 from __future__ import annotations
@@ -146,49 +147,55 @@ def store_bytes(url: str) -> int:
 # ---- the legs ----------------------------------------------------------------------------------
 
 
-async def _sizes(args: argparse.Namespace, work: Path, backend: str, url: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    manifests = write_manifest(work / f"manifests-{backend}", ledger=work / f"{backend}-ledger.jsonl")
-    async with AsyncExitStack() as stack:
-        params = logged(gateway_stdio(manifests, url), work / f"gateway-{backend}.log")
-        gw = await stack.enter_async_context(Client(params, mode=args.mode, cache=None))
-        template = new_key()
-        await first_execution(gw, template)
-        stored = 0
-        rng = random.Random(args.seed)
-        for size in sorted(args.scale_sizes):
-            started = time.perf_counter()
-            (bulk_sqlite if backend == "sqlite" else bulk_pg)(url, template, stored, size)
-            loaded = time.perf_counter() - started
-            stored = size
-            bound = size
-            legs = [
-                Leg(
-                    "claim",
-                    lambda i: gw.call_tool("append", {"x": i, "idempotency_key": new_key()}),
-                    "executed",
-                ),
-                Leg(
-                    "replay",
-                    lambda i, b=bound: gw.call_tool(
-                        "append", {"x": 0, "idempotency_key": scale_key(rng.randrange(b))}
+async def _sizes(args: argparse.Namespace, work: Path, stack: ExitStack, notes: list[str]) -> dict[str, Any]:
+    """One store and one gateway per (store kind, size), then every leg interleaved round by round:
+    a size measured at a busier moment than another would otherwise read as a scaling effect."""
+    backends = ["sqlite"] + ([] if args.no_scale_pg else ["pg"])
+    sizes = sorted(args.scale_sizes)
+    out: dict[str, Any] = {b: {} for b in backends}
+    urls: dict[tuple[str, int], str] = {}
+    legs: list[Leg] = []
+    rng = random.Random(args.seed)
+    async with AsyncExitStack() as astack:
+        for backend in backends:
+            for size in sizes:
+                if backend == "sqlite":
+                    url = f"sqlite:///{work / f'store-{size}' / 'gateway.db'}"
+                else:
+                    url, pg_notes = stack.enter_context(pgcluster.database(fsync=args.pg_fsync))
+                    notes += [n for n in pg_notes if n not in notes]
+                urls[(backend, size)] = url
+                name = f"{backend}-{size}"
+                manifests = write_manifest(work / f"manifests-{name}", ledger=work / f"{name}-ledger.jsonl")
+                params = logged(gateway_stdio(manifests, url), work / f"gateway-{name}.log")
+                gw = await astack.enter_async_context(Client(params, mode=args.mode, cache=None))
+                template = new_key()
+                await first_execution(gw, template)
+                started = time.perf_counter()
+                (bulk_sqlite if backend == "sqlite" else bulk_pg)(url, template, 0, size)
+                loaded = time.perf_counter() - started
+                out[backend][str(size)] = {"load_seconds": round(loaded, 1)}
+                print(f"   {backend} store with {size:,} keys loaded in {loaded:.0f} s", flush=True)
+                legs += [
+                    Leg(
+                        f"{backend}_claim_{size}",
+                        lambda i, gw=gw: gw.call_tool("append", {"x": i, "idempotency_key": new_key()}),
+                        "executed",
                     ),
-                    "replayed",
-                ),
-            ]
-            seq = await sequential(legs, n=args.scale_n, warmup=20, seed=args.seed)
-            out[str(size)] = {
-                "claim": seq["claim"],
-                "replay": seq["replay"],
-                "store_bytes": store_bytes(url),
-                "load_seconds": round(loaded, 1),
-            }
-            print(
-                f"   {backend} {size:>9,} keys: claim p50 {seq['claim'].get('p50_ms')} ms, replay p50 "
-                f"{seq['replay'].get('p50_ms')} ms, store {out[str(size)]['store_bytes'] / 1e6:.0f} MB "
-                f"(loaded in {loaded:.0f} s)",
-                flush=True,
-            )
+                    Leg(
+                        f"{backend}_replay_{size}",
+                        lambda i, gw=gw, b=size: gw.call_tool(
+                            "append", {"x": 0, "idempotency_key": scale_key(rng.randrange(b))}
+                        ),
+                        "replayed",
+                    ),
+                ]
+        seq = await sequential(legs, n=args.scale_n, warmup=20, seed=args.seed)
+    for (backend, size), url in urls.items():
+        f = out[backend][str(size)]
+        f["claim"] = seq[f"{backend}_claim_{size}"]
+        f["replay"] = seq[f"{backend}_replay_{size}"]
+        f["store_bytes"] = store_bytes(url)
     return out
 
 
@@ -237,15 +244,9 @@ async def _rss(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"notes": [], "tables": {}, "targets": [], "sizes": {}}
     with ExitStack() as stack:
-        backends = [("sqlite", f"sqlite:///{work / 'sqlite-store' / 'gateway.db'}")]
-        if not args.no_scale_pg:
-            pg_url, notes = stack.enter_context(pgcluster.database(fsync=args.pg_fsync))
-            backends.append(("pg", pg_url))
-            out["notes"] += notes
-        for backend, url in backends:
-            started = time.perf_counter()
-            out["sizes"][backend] = await _sizes(args, work, backend, url)
-            out["notes"].append(f"{backend}: stored-keys legs took {time.perf_counter() - started:.0f} s")
+        started = time.perf_counter()
+        out["sizes"] = await _sizes(args, work, stack, out["notes"])
+        out["notes"].append(f"stored-keys legs (loading included) took {time.perf_counter() - started:.0f} s")
     lo, hi = str(min(args.scale_sizes)), str(max(args.scale_sizes))
     for backend, sizes in out["sizes"].items():
         rows = []
