@@ -30,7 +30,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kit import BENCH, log_warnings, machine
+from kit import BENCH, isolate, log_warnings, machine
 
 RESULTS = BENCH / "results" / "latest.json"
 PARTS = ("stdio", "http", "pg", "scale")
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         parts = ["stdio"] + [p for p in ("http", "pg", "scale") if getattr(args, p)]
 
     work = Path(tempfile.mkdtemp(prefix="idem-bench-"))
+    isolate(work)
     print(f"work directory: {work}", flush=True)
     results: dict[str, Any] = {}
     if args.json.exists():

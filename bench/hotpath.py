@@ -41,7 +41,7 @@ from mcp import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kit import BENCH, children_matching, gateway_stdio, logged, new_key, write_manifest
+from kit import BENCH, children_matching, gateway_stdio, isolate, logged, new_key, write_manifest
 from part_stdio import first_execution
 
 PY_SPY = BENCH / ".venv-plot" / "bin" / "py-spy"
@@ -296,6 +296,7 @@ def _f(v: float | None) -> str:
 
 async def main(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="idem-profile-"))
+    isolate(work)
     results: dict[str, Any] = {
         "at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "loadavg": os.getloadavg(),

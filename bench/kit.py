@@ -199,6 +199,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def isolate(work: Path) -> None:
+    """Keep every gateway of this run off the user's own state (secret, default store).
+
+    The user's ``IDEM_GATEWAY_*`` settings (a store, tokens, encryption keys) are dropped, so the
+    figures do not depend on them; the state directory, and with it the fingerprint secret that
+    every gateway on one store shares, is the run's own.
+    """
+    for name in [n for n in os.environ if n.startswith("IDEM_GATEWAY_")]:
+        del os.environ[name]
+    state = work / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    os.environ["XDG_STATE_HOME"] = str(state)
+    os.environ["IDEM_GATEWAY_SECRET_FILE"] = str(state / "secret.key")
+
+
 def quiet_env(**extra: str) -> dict[str, str]:
     """The environment for child processes: ours, logs at WARNING, plus ``extra``."""
     return {**os.environ, "IDEM_GATEWAY_LOG_LEVEL": "WARNING", "FASTMCP_LOG_LEVEL": "WARNING", **extra}
