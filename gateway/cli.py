@@ -1,4 +1,4 @@
-"""argv → serve / check / audit / resolve / purge / demo.
+"""argv → serve / check / audit / resolve / purge / import / demo.
 
 Over stdio nothing but protocol messages may reach stdout, so logging goes to stderr and is
 configured before anything else runs.
@@ -119,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     purge = sub.add_parser("purge", help="delete expired records now")
     store_arg(purge)
+
+    imp = sub.add_parser("import", help="one manifest per server of an MCP client's configuration")
+    imp.add_argument("file", help="claude_desktop_config.json, .mcp.json or VS Code's mcp.json")
+    imp.add_argument("--out", default=DEFAULT_MANIFESTS, help="the manifests folder to write into")
+    imp.add_argument("--only", nargs="+", action="extend", metavar="NAME", help="import only these servers")
+    imp.add_argument("--force", action="store_true", help="overwrite existing manifests")
+    imp.add_argument(
+        "--client", choices=["claude-desktop", "claude-code", "vscode"], help="override detection"
+    )
+    imp.add_argument("--start-timeout", type=float, default=30.0, help="seconds each server has to start")
 
     demo = sub.add_parser("demo", help="a flaky agent's retries, deduplicated")
     demo.add_argument("--store", default=None, help="default: a fresh SQLite file in a temp dir")
@@ -250,6 +260,12 @@ async def _purge(args: argparse.Namespace) -> int:
     return await commands.run_purge(args)
 
 
+async def _import(args: argparse.Namespace) -> int:
+    from gateway.importer import run_import
+
+    return await run_import(args)
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -263,4 +279,5 @@ COMMANDS = {
     "resolve": _resolve,
     "purge": _purge,
     "demo": _demo,
+    "import": _import,
 }
