@@ -159,6 +159,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from gateway.secret import SecretError, default_secret_file, load_or_create
     from gateway.server.app import Gateway
     from gateway.store import open_store
+    from gateway.tracing import setup as setup_tracing
 
     try:
         specs = load_manifests(args.manifests, lease_ttl=args.lease_ttl)
@@ -185,9 +186,10 @@ async def _serve(args: argparse.Namespace) -> int:
     except CipherError as exc:
         print(f"idem-gateway: {exc}", file=sys.stderr)
         return 1
+    tracing = setup_tracing()  # None unless OTEL_* asks for traces and the [otel] extra is installed
     gateway = Gateway(
         specs,
-        store,
+        tracing.store(store) if tracing else store,
         principal=args.principal,
         lease_ttl=args.lease_ttl,
         sweep_interval=args.sweep_interval,
@@ -195,6 +197,8 @@ async def _serve(args: argparse.Namespace) -> int:
         connect_wait=args.connect_wait,
     )
     _install_extras(gateway)
+    if tracing:
+        tracing.instrument(gateway)
     try:
         async with gateway.running(), anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
