@@ -8,7 +8,7 @@ Order of work, so that nothing half-done is left behind:
 3. start the chosen servers together, from the manifest as it will be written (loaded by the
    real loader, with the lifted values supplied in memory), bounded by ``start_timeout``;
 4. write one manifest per server (also for one that did not start: marked, without tools);
-5. print the review table, what to look at, and the client entry that replaces the servers.
+5. print the review table, the client entry that replaces the servers, and last what to look at.
 
 Values lifted out of the file are never printed: everything shown that came from a server or
 the file passes through ``mask``, and the log handlers get the same secrets to mask.
@@ -229,20 +229,20 @@ def _report(
         print()
         print(review_table(_review_catalog(listed).all()))
 
-    look = _look_at(outcomes, variables, secrets)
-    if look:
-        print()
-        print("Look at:")
-        for line in look:
-            print(line)
-
     written = [o for o in outcomes if o.written]
     if written:
         used = _used_variables(written, variables)
         print()
         names = ", ".join(repr(o.plan.source_name) for o in written)
-        print(f"Then, in {config.path.name}, replace {names} with the gateway ({config.client.label}):")
+        print(f"In {config.path.name}, replace {names} with the gateway ({config.client.label}):")
         print(render_snippet(config.client, used, out.resolve()))
+
+    look = _look_at(outcomes, variables, secrets)  # last: what a person must do before serving
+    if look:
+        print()
+        print("Look at:")
+        for line in look:
+            print(line)
 
 
 def _review_catalog(outcomes: list[Outcome]) -> Catalog:

@@ -60,10 +60,11 @@ def payments_entry(ledger: Path, **extra: Any) -> dict[str, Any]:
 
 
 def snippet(stdout: str) -> dict[str, Any]:
-    """The client entry printed last: the JSON after the "Then, in FILE, replace ..." line."""
+    """The client entry: the JSON after the "In FILE, replace ..." line, up to "Look at:"."""
     lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("Then, in ")) + 1
-    return json.loads("\n".join(lines[start:]))
+    start = next(i for i, line in enumerate(lines) if line.startswith("In ") and " replace " in line) + 1
+    end = next((i for i, line in enumerate(lines) if line == "Look at:"), len(lines))
+    return json.loads("\n".join(lines[start:end]))
 
 
 def review(stdout: str) -> dict[str, list[str]]:
