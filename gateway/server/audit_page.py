@@ -138,38 +138,7 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-Handler = Callable[["AuditApi", Request, str], Awaitable[Any]]
-
-
-def _endpoint(handler: Handler) -> Callable[[AuditApi, Request], Awaitable[Response]]:
-    """Host/Origin (and Content-Type) checks, the caller's principal, errors as JSON, headers."""
-
-    async def endpoint(self: AuditApi, request: Request) -> Response:
-        refusal = await self.host_check.validate_request(request, is_post=request.method == "POST")
-        if refusal is not None:
-            for name, value in _API_HEADERS.items():
-                refusal.headers[name] = value
-            return refusal
-        principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
-        try:
-            if not isinstance(principal, str):  # BearerAuth always sets it; never serve without
-                raise ApiError(401, "unauthorized", "Send Authorization: Bearer <token>.")
-            body = await handler(self, request, principal)
-        except ApiError as error:
-            return JSONResponse(
-                {"error": error.code, "message": error.message},
-                status_code=error.status,
-                headers=_API_HEADERS,
-            )
-        except StoreUnavailable:
-            return JSONResponse(
-                {"error": "store_unavailable", "message": "The store cannot be reached; try again."},
-                status_code=503,
-                headers=_API_HEADERS,
-            )
-        return JSONResponse(body, headers=_API_HEADERS)
-
-    return endpoint
+Handler = Callable[[Request, str], Awaitable[Any]]  # (request, caller's principal) → JSON body
 
 
 class AuditApi:
@@ -185,24 +154,41 @@ class AuditApi:
         self.secrets = SecretFilter(s for spec in gateway.specs for s in spec.secrets)
 
     def routes(self) -> list[Route]:
-        def bind(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-            wrapped = _endpoint(handler)
+        def route(path: str, handler: Handler, method: str = "GET") -> Route:
+            async def endpoint(request: Request) -> Response:
+                return await self._answer(request, handler)
 
-            async def call(request: Request) -> Response:
-                return await wrapped(self, request)
-
-            return call
+            return Route(API_PREFIX + path, endpoint, methods=[method])
 
         return [
-            Route(f"{API_PREFIX}/me", bind(AuditApi.me), methods=["GET"]),
-            Route(f"{API_PREFIX}/events", bind(AuditApi.events), methods=["GET"]),
-            Route(f"{API_PREFIX}/keys/{{key:path}}", bind(AuditApi.key), methods=["GET"]),
-            Route(f"{API_PREFIX}/stats", bind(AuditApi.stats), methods=["GET"]),
-            Route(f"{API_PREFIX}/series", bind(AuditApi.series), methods=["GET"]),
-            Route(f"{API_PREFIX}/unknown", bind(AuditApi.unknown), methods=["GET"]),
-            Route(f"{API_PREFIX}/principals", bind(AuditApi.principals), methods=["GET"]),
-            Route(f"{API_PREFIX}/resolve", bind(AuditApi.resolve), methods=["POST"]),
+            route("/me", self.me),
+            route("/events", self.events),
+            route("/keys/{key:path}", self.key),
+            route("/stats", self.stats),
+            route("/series", self.series),
+            route("/unknown", self.unknown),
+            route("/principals", self.principals),
+            route("/resolve", self.resolve, "POST"),
         ]
+
+    async def _answer(self, request: Request, handler: Handler) -> Response:
+        """Host/Origin (and a POST's Content-Type) checks, the caller, errors as JSON, headers."""
+        refusal = await self.host_check.validate_request(request, is_post=request.method == "POST")
+        if refusal is not None:
+            refusal.headers.update(_API_HEADERS)
+            return refusal
+        principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
+        try:
+            if not isinstance(principal, str):  # BearerAuth always sets it; never serve without
+                raise ApiError(401, "unauthorized", "Send Authorization: Bearer <token>.")
+            body = await handler(request, principal)
+        except ApiError as error:
+            content = {"error": error.code, "message": error.message}
+            return JSONResponse(content, status_code=error.status, headers=_API_HEADERS)
+        except StoreUnavailable:
+            content = {"error": "store_unavailable", "message": "The store cannot be reached; try again."}
+            return JSONResponse(content, status_code=503, headers=_API_HEADERS)
+        return JSONResponse(body, headers=_API_HEADERS)
 
     # -- who ---------------------------------------------------------------------------------
 
