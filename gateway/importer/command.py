@@ -27,9 +27,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO, cast
 
+import anyio
+
 from gateway.audit.redaction import SecretFilter, install_secret_filter
 from gateway.check import review_table, table
-from gateway.downstream import DownstreamPool, DownstreamSession
+from gateway.downstream import DownstreamSession
 from gateway.importer.clients import Client, ClientConfig, ConfigError, read_config
 from gateway.importer.plan import Plan, Variable, Variables, plan_all
 from gateway.importer.render import classify, render, unannotated
@@ -138,25 +140,44 @@ async def _probe(
         if not specs:
             return
 
-        def session(spec: ServerSpec) -> DownstreamSession:
-            return DownstreamSession(spec, connect_timeout=timeout, errlog=errlogs[spec.name])
-
+        sessions = {
+            spec.name: DownstreamSession(spec, connect_timeout=timeout, errlog=errlogs[spec.name])
+            for spec in specs
+        }
         with _quiet("gateway.downstream", "mcp"):
-            async with DownstreamPool(specs, startup_timeout=timeout, session_factory=session) as pool:
-                for o in outcomes:
-                    live = pool.sessions.get(o.plan.name) if o.failure is None else None
-                    if live is None:
-                        continue
-                    if live.ready:
-                        o.tools = [dict(t) for t in live.tools]
-                    else:
-                        o.failure = secrets.mask(live.last_error or f"not ready within {timeout:g}s")
+            listed = await _start_once(list(sessions.values()), timeout)
+        for o in outcomes:
+            live = sessions.get(o.plan.name) if o.failure is None else None
+            if live is None:
+                continue
+            o.tools = listed.get(live.name)
+            if o.tools is None:
+                o.failure = secrets.mask(live.last_error or f"not ready within {timeout:g}s")
         for o in outcomes:
             if o.failure is not None and o.plan.name in errlogs:
                 log = errlogs[o.plan.name]
                 log.seek(0)
                 lines = [line.rstrip() for line in log.read().splitlines() if line.strip()]
                 o.stderr_tail = [secrets.mask(line) for line in lines[-STDERR_TAIL:]]
+
+
+async def _start_once(sessions: list[DownstreamSession], timeout: float) -> dict[str, list[dict[str, Any]]]:
+    """Start every session together, wait (bounded) for each one's first attempt, and keep the
+    tools of those that got ready; then stop them all (their supervisors would keep retrying)."""
+    listed: dict[str, list[dict[str, Any]]] = {}
+
+    async def first_attempt(session: DownstreamSession) -> None:
+        if await session.wait_attempt(timeout):
+            listed[session.name] = [dict(t) for t in session.tools]
+
+    async with anyio.create_task_group() as supervisors:
+        for session in sessions:
+            await supervisors.start(session.run)
+        async with anyio.create_task_group() as waiters:
+            for session in sessions:
+                waiters.start_soon(first_attempt, session)
+        supervisors.cancel_scope.cancel()
+    return listed
 
 
 def _probe_environ(variables: Variables) -> dict[str, str]:
