@@ -26,6 +26,7 @@ of data. The page writes everything that came from agents or downstreams with ``
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -53,6 +54,8 @@ from gateway.store.records import Event, EventQuery, RecordState
 
 if TYPE_CHECKING:
     from gateway.server.app import Gateway
+
+logger = logging.getLogger(__name__)
 
 OPERATORS_ENV = "IDEM_GATEWAY_OPERATORS"
 PAGE_PATH = "/audit"
@@ -339,7 +342,7 @@ class AuditApi:
         assert result is None or isinstance(result, dict)
         is_error = bool(result.get("isError", False)) if result else False
         event = Event(
-            at=self.gateway.clock(),
+            at=store.now(),
             principal=target,
             key=key,
             server=record.server,
@@ -348,13 +351,17 @@ class AuditApi:
             fingerprint=record.fingerprint,
             detail={"as": settle, "previous_state": record.state.value, "by": principal, "via": "audit page"},
         )
+        # Fenced on the record as read: a key taken over meanwhile is not settled by this.
         settled = await store.resolve(
-            target, key, result=result, is_error=is_error, now=event.at, event=event
+            target, key, expected=record, result=result, is_error=is_error, now=event.at, event=event
         )
         if settled is None:
-            raise ApiError(404, "not_found", "No such key (it just went away).")
+            raise ApiError(409, "changed", "The key changed while it was being resolved; look at it again.")
         for listener in self.gateway.guard.listeners:  # subscribers to audit://keys/{key}
-            await listener(target, key)
+            try:
+                await listener(target, key)
+            except Exception:  # a subscriber must not turn a settled key into an error
+                logger.exception("record-change listener failed")
         after = await store.get(target, key)
         return {"resolved": settle, "record": record_view(after)}
 
