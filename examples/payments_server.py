@@ -213,6 +213,14 @@ def echo_headers(ctx: Context) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()} if headers is not None else {}
 
 
+@mcp.tool(
+    description="Test hook: the _meta this call arrived with (trace context, forwarded keys).",
+    annotations=ToolAnnotations(read_only_hint=True),
+)
+def echo_meta(ctx: Context) -> dict[str, Any]:
+    return dict(ctx.request_context.meta or {})
+
+
 @mcp.resource("ledger://summary", name="ledger-summary", mime_type="application/json")
 def ledger_summary() -> str:
     counts: dict[str, int] = {}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from gateway.downstream import DownstreamPool
 from gateway.downstream.openapi import OpenAPISession
 from gateway.manifests import ManifestErrors, load_manifests
 from gateway.manifests.loader import check_exposed_names
-from gateway.server.catalog import Catalog
+from gateway.server.catalog import Catalog, ExposedTool
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -23,6 +24,30 @@ def table(rows: list[list[str]]) -> str:
     """Aligned columns for people."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def review_table(tools: Iterable[ExposedTool]) -> str:
+    """One row per exposed tool: its class and the policy that applies (also ``import``'s review)."""
+    rows = [["TOOL", "SERVER", "CLASS", "RETENTION", "FORWARD_KEY", "IN_FLIGHT", "CANCEL"]]
+    for tool in sorted(tools, key=lambda t: t.name):
+        p = tool.policy
+        fk = (
+            f"{p.forward_key.kind}:{p.forward_key.name}"
+            if p.forward_key
+            else ("native" if tool.native else "-")
+        )
+        rows.append(
+            [
+                tool.name,
+                tool.spec.name,
+                "side-effecting" if tool.side_effects else "read-only",
+                _fmt_seconds(p.retention) if tool.side_effects else "-",
+                fk if tool.side_effects else "-",
+                p.in_flight if tool.side_effects else "-",
+                p.cancel if tool.side_effects else "forward",
+            ]
+        )
+    return table(rows)
 
 
 async def run_check(folder: Path, *, start_timeout: float = 20.0) -> int:
@@ -55,26 +80,8 @@ async def run_check(folder: Path, *, start_timeout: float = 20.0) -> int:
             spec = pool.sessions[server].spec
             for name in lacking:
                 problems.append(f"{spec.source.name}: tools.{name}: the downstream does not offer this tool")
-        rows = [["TOOL", "SERVER", "CLASS", "RETENTION", "FORWARD_KEY", "IN_FLIGHT", "CANCEL"]]
-        for tool in sorted(catalog.all(), key=lambda t: t.name):
-            p = tool.policy
-            fk = (
-                f"{p.forward_key.kind}:{p.forward_key.name}"
-                if p.forward_key
-                else ("native" if tool.native else "-")
-            )
-            rows.append(
-                [
-                    tool.name,
-                    tool.spec.name,
-                    "side-effecting" if tool.side_effects else "read-only",
-                    _fmt_seconds(p.retention) if tool.side_effects else "-",
-                    fk if tool.side_effects else "-",
-                    p.in_flight if tool.side_effects else "-",
-                    p.cancel if tool.side_effects else "forward",
-                ]
-            )
-    print(table(rows))
+        review = review_table(catalog.all())
+    print(review)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for problem in problems:

@@ -1,4 +1,4 @@
-"""argv → serve / check / audit / resolve / purge / demo.
+"""argv → serve / check / audit / resolve / purge / import / demo.
 
 Over stdio nothing but protocol messages may reach stdout, so logging goes to stderr and is
 configured before anything else runs.
@@ -120,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     purge = sub.add_parser("purge", help="delete expired records now")
     store_arg(purge)
 
+    imp = sub.add_parser("import", help="one manifest per server of an MCP client's configuration")
+    imp.add_argument("file", help="claude_desktop_config.json, .mcp.json or VS Code's mcp.json")
+    imp.add_argument("--out", default=DEFAULT_MANIFESTS, help="the manifests folder to write into")
+    imp.add_argument("--only", nargs="+", action="extend", metavar="NAME", help="import only these servers")
+    imp.add_argument("--force", action="store_true", help="overwrite existing manifests")
+    imp.add_argument(
+        "--client", choices=["claude-desktop", "claude-code", "vscode"], help="override detection"
+    )
+    imp.add_argument("--start-timeout", type=float, default=30.0, help="seconds each server has to start")
+
     demo = sub.add_parser("demo", help="a flaky agent's retries, deduplicated")
     demo.add_argument("--store", default=None, help="default: a fresh SQLite file in a temp dir")
     demo.add_argument("--json", action="store_true")
@@ -149,6 +159,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from gateway.secret import SecretError, default_secret_file, load_or_create
     from gateway.server.app import Gateway
     from gateway.store import open_store
+    from gateway.tracing import setup as setup_tracing
 
     try:
         specs = load_manifests(args.manifests, lease_ttl=args.lease_ttl)
@@ -175,9 +186,10 @@ async def _serve(args: argparse.Namespace) -> int:
     except CipherError as exc:
         print(f"idem-gateway: {exc}", file=sys.stderr)
         return 1
+    tracing = setup_tracing()  # None unless OTEL_* asks for traces and the [otel] extra is installed
     gateway = Gateway(
         specs,
-        store,
+        tracing.store(store) if tracing else store,
         principal=args.principal,
         lease_ttl=args.lease_ttl,
         sweep_interval=args.sweep_interval,
@@ -185,6 +197,8 @@ async def _serve(args: argparse.Namespace) -> int:
         connect_wait=args.connect_wait,
     )
     _install_extras(gateway)
+    if tracing:
+        tracing.instrument(gateway)
     try:
         async with gateway.running(), anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
@@ -250,6 +264,12 @@ async def _purge(args: argparse.Namespace) -> int:
     return await commands.run_purge(args)
 
 
+async def _import(args: argparse.Namespace) -> int:
+    from gateway.importer import run_import
+
+    return await run_import(args)
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -263,4 +283,5 @@ COMMANDS = {
     "resolve": _resolve,
     "purge": _purge,
     "demo": _demo,
+    "import": _import,
 }

@@ -29,7 +29,7 @@ from gateway.idempotency.guard import Guard
 from gateway.manifests.models import ServerSpec
 from gateway.secret import SecretError, check_value
 from gateway.server import metrics
-from gateway.server.call_tool import call_tool
+from gateway.server.call_tool import Downstream, call_tool
 from gateway.server.catalog import Catalog
 from gateway.store.base import Store
 from gateway.store.records import Event
@@ -93,6 +93,10 @@ class Gateway:
         self.prompts: dict[str, tuple[dict[str, Any], Callable[[dict[str, str]], dict[str, Any]]]] = {}
         # resources/subscribe, resources/unsubscribe, subscriptions/listen (gateway.audit installs them).
         self.subscription_handlers: dict[str, Any] = {}
+        # Hooks for optional instrumentation (gateway.tracing): request middleware, and the
+        # downstream a call is sent through (by server name).
+        self.middleware: list[Any] = []
+        self.downstream: Callable[[str], Downstream] = self.session
         self._store_open = False
         self._fatal: SecretError | None = None
 
@@ -196,7 +200,7 @@ class Gateway:
             params.arguments or {},
             meta,
             principal=self.principal_of(ctx),
-            session=self.session(tool.spec.name),
+            session=self.downstream(tool.spec.name),
             guard=self.guard,
             audit=self.record,
             fingerprint=self.fingerprint,
@@ -287,8 +291,9 @@ class Gateway:
             # Lists differ per principal (audit) and change when a downstream reconnects.
             cache_hints={m: CacheHint(ttl_ms=0, scope="private") for m in CACHEABLE_METHODS},  # type: ignore[misc]
         )
-        # Tracing middleware is a per-message cost this proxy does not need on its hot path.
-        server.middleware = []
+        # The SDK's tracing middleware is a per-message cost this proxy does not need on its hot
+        # path; gateway.tracing puts its own here when traces are asked for.
+        server.middleware = list(self.middleware)
         return server
 
     def _input_schema(self, name: str) -> dict[str, Any] | None:

@@ -49,6 +49,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway import __version__
 from gateway.server import metrics
 from gateway.server.app import PRINCIPAL_SCOPE_KEY
+from gateway.server.audit_page import audit_routes, with_audit_assets
 
 if TYPE_CHECKING:
     from gateway.server.app import Gateway
@@ -243,9 +244,10 @@ def build_app(
         custom_starlette_routes=[
             Route(HEALTH_PATH, healthz, methods=["GET"]),
             Route(METRICS_PATH, metrics_text, methods=["GET"]),
+            *audit_routes(gateway, security=security),  # /audit/api/*: the audit page's JSON
         ],
     )
-    return BearerAuth(app, tokens=tokens, default_principal=gateway.principal)
+    return with_audit_assets(BearerAuth(app, tokens=tokens, default_principal=gateway.principal))
 
 
 # ---- serving ---------------------------------------------------------------------------------
