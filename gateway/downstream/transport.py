@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 _EXIT_GRACE = 2.0  # seconds a child gets to exit after its stdin closes, and again after SIGTERM
 _MAX_LINE = 64 * 1024 * 1024
 _HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)  # the SDK's defaults: a response stream may idle
+# Idle connections are dropped well before common servers drop them (uvicorn: 5 s): a request
+# written on a connection the server is closing would fail after sending, an unknown outcome.
+# Enough of them are kept for a busy gateway's concurrency.
+_HTTP_LIMITS = httpx2.Limits(max_connections=None, max_keepalive_connections=128, keepalive_expiry=2.0)
 
 
 @dataclass(slots=True)
@@ -221,7 +225,7 @@ async def http_transport(url: str, headers: Mapping[str, str]) -> AsyncIterator[
     client = httpx2.AsyncClient(
         headers=dict(headers) or None,
         timeout=_HTTP_TIMEOUT,
-        transport=_RecordingTransport(httpx2.AsyncHTTPTransport()),
+        transport=_RecordingTransport(httpx2.AsyncHTTPTransport(limits=_HTTP_LIMITS)),
     )
     async with client, streamable_http_client(url, http_client=client) as streams:
         yield streams

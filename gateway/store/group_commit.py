@@ -54,6 +54,11 @@ class GroupCommit:
         self._leading = False
         self.rounds = 0  # how many commits ran (the contract suite checks that writes share them)
 
+    @property
+    def idle(self) -> bool:
+        """No round is under way (and none queued)."""
+        return not self._leading
+
     async def submit(self, op: Op) -> Any:
         """Run ``op`` in the next round; its result, or the round's exception."""
         slot: _Slot[Any] = _Slot(op)

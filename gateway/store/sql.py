@@ -53,12 +53,14 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    exists,
     func,
     insert,
     literal_column,
     or_,
     select,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy import (
@@ -94,6 +96,7 @@ logger = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _SECRET_CHECK = "fingerprint_key_check"
+_INLINE_FSYNC = 0.001  # seconds: durable commits cheaper than this run on the loop's thread
 _DATABASE_TIME = "SELECT extract(epoch from clock_timestamp())"
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 _ATTEMPTS = 5
@@ -373,6 +376,22 @@ class _Cursor:
         return self._cursor.fetchone()
 
 
+def _claim_or_read(insert_stmt: Any) -> Any:
+    """PostgreSQL: the claim's insert, or else the row it conflicted with, in one statement.
+
+    The second half reads with the statement's snapshot, so a row committed by a concurrent
+    claim after that snapshot is not seen: then no row comes back, and the caller reads again.
+    """
+    values = {name: bindparam(name, type_=RECORDS.c[name].type) for name in _RECORD_KEYS}
+    ins = (
+        insert_stmt.values(**values).returning(*_RECORD_COLUMNS, literal_column("1").label("won")).cte("ins")
+    )
+    existing = select(*_RECORD_COLUMNS, literal_column("0").label("won")).where(
+        _KEY, ~exists(select(literal_column("1")).select_from(ins))
+    )
+    return union_all(select(*ins.c), existing)
+
+
 def _with_event(stmt: Any) -> Any:
     """``stmt`` and the insert of its audit event as one statement (PostgreSQL, CockroachDB):
     a data-modifying CTE, so the event is written exactly when the write matched a row."""
@@ -440,6 +459,7 @@ class SqlStore:
         # ...and durable writes in rounds on this one (synchronous = FULL), see group_commit.
         self._durable_conn: Any = None
         self._group = GroupCommit(self._durable_round)
+        self._commit_time = 0.0  # recent average of a durable commit, in seconds
         self._local = threading.local()
         dialect_insert = sqlite_dialect.insert if self._sqlite else pg_dialect.insert
         self._insert_claim = dialect_insert(RECORDS).on_conflict_do_nothing(
@@ -452,6 +472,9 @@ class SqlStore:
         self._engine = self._create_engine()
         dialect = self._engine.dialect
         self._sql_claim = _Prepared(self._insert_claim, dialect, _RECORD_KEYS)
+        self._sql_claim_or_read = (
+            None if self._sqlite else _Prepared(_claim_or_read(self._insert_claim), dialect)
+        )
         self._sql_event = _Prepared(_INSERT_EVENT, dialect, _EVENT_KEYS)
         self._sql_get = _Prepared(_GET, dialect)
         combine = not self._sqlite
@@ -640,12 +663,41 @@ class SqlStore:
         return await self._call(fn, *args)
 
     async def _durable(self, fn: Callable[..., T], *args: Any) -> T:
-        """A write that must be on disk before the caller acts on it (see the module doc)."""
+        """A write that must be on disk before the caller acts on it (see the module doc).
+
+        SQLite: while fsyncs are cheap (their recent average under ``_INLINE_FSYNC``) and no
+        group-commit round is under way, the write commits right here on the loop's thread,
+        saving a thread hop that costs more than the fsync on a busy machine; when the disk is
+        slow, writes go to the group commit, where concurrent ones share a single fsync.
+        """
         if self._file is not None:
+            if self._group.idle and self._commit_time < _INLINE_FSYNC:
+                try:
+                    return self._durable_inline(fn, *args)
+                except _Busy:
+                    pass  # another process holds the write lock: the group commit waits for it
             return cast(T, await self._group.submit(functools.partial(fn, *args)))
         with anyio.CancelScope(shield=True):  # once sent, a claim's outcome must reach its caller
             written = await self._call(self._in_tx, fn, *args)
         return written
+
+    def _durable_inline(self, fn: Callable[..., T], *args: Any) -> T:
+        conn = self._inline_connection()
+        cursor = conn.cursor()
+        self._local.inline = True
+        started = time.perf_counter()
+        try:
+            cursor.execute("PRAGMA synchronous = FULL")  # this commit is fsynced
+            written = self._run(self._in_tx, fn, *args)
+            self._observe_commit(time.perf_counter() - started)
+            return written
+        finally:
+            self._local.inline = False
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.close()
+
+    def _observe_commit(self, seconds: float) -> None:
+        self._commit_time = 0.8 * self._commit_time + 0.2 * seconds
 
     def _in_tx(self, fn: Callable[..., T], *args: Any) -> T:
         with self._tx() as tx:
@@ -659,10 +711,12 @@ class SqlStore:
         conn = self._durable_connection()
         cursor = conn.cursor()
         try:
+            started = time.perf_counter()
             cursor.execute("BEGIN IMMEDIATE")
             tx = _Cursor(cursor)
             values = [op(tx) for op in ops]
             conn.commit()
+            self._observe_commit(time.perf_counter() - started)
             return values
         except BaseException:
             conn.rollback()
@@ -815,6 +869,13 @@ class SqlStore:
     # -- records ---------------------------------------------------------------------------
 
     async def claim(self, claim: Claim) -> ClaimResult:
+        if self._file is not None:
+            # Most claims of a key that exists are retries: read it here, on the loop's thread,
+            # rather than queue for a durable write that would find it anyway. The insert is
+            # still the only arbiter of who holds a new key.
+            found = await self._fast(self._get, claim.principal, claim.key)
+            if found is not None:
+                return ClaimResult(acquired=False, record=found)
         return await self._durable(self._claim, claim, new_fence())
 
     def _claim(self, c: Claim, fence: int, tx: _Cursor) -> ClaimResult:
@@ -848,11 +909,19 @@ class SqlStore:
             "is_error": False,
         }
         for _ in range(_ATTEMPTS):
-            try:
-                if tx.run(self._sql_claim, params) == 1:
-                    return ClaimResult(acquired=True, record=_claimed(c, fence=fence))
-            except (IntegrityError, self._integrity_error):
-                pass  # cannot happen with ON CONFLICT; if it does, the read below settles it
+            if self._sql_claim_or_read is not None:
+                row = tx.one(self._sql_claim_or_read, {**params, "p": c.principal, "k": c.key})
+                if row is not None:
+                    won = bool(row[-1])
+                    return ClaimResult(
+                        acquired=won, record=_claimed(c, fence=fence) if won else _record(row, self._cipher)
+                    )
+            else:
+                try:
+                    if tx.run(self._sql_claim, params) == 1:
+                        return ClaimResult(acquired=True, record=_claimed(c, fence=fence))
+                except (IntegrityError, self._integrity_error):
+                    pass  # cannot happen with ON CONFLICT; if it does, the read below settles it
             row = tx.one(self._sql_get, {"p": c.principal, "k": c.key})
             if row is not None:
                 record = _record(row, self._cipher)
