@@ -5,7 +5,9 @@ Every execution of a side-effecting tool appends one JSON line to the ledger
 flushed and fsynced before the tool returns: a test counts lines to know how many
 times something really ran. A few hooks make failure modes testable without sleeps:
 ``slow_op`` holds a call mid-flight until a gate file appears, ``crash_op`` kills the
-process mid-call, ``fail_op`` returns a tool error.
+process mid-call, ``fail_op`` returns a tool error, ``effect_then_error`` acts and then answers
+a JSON-RPC internal error, ``picky_op`` refuses with "invalid params" (before acting) until
+a gate file exists.
 
 Run over stdio (default) or streamable HTTP: ``python payments_server.py --http PORT``.
 Logs go to stderr only; stdout is the protocol.
@@ -26,7 +28,10 @@ from typing import Any, TypedDict
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPError
 from mcp_types import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
     BlobResourceContents,
     CallToolResult,
     EmbeddedResource,
@@ -163,9 +168,32 @@ def image_op() -> CallToolResult:
 
 
 @mcp.tool(description="Test hook: the process dies mid-call, after its side effect.")
-def crash_op() -> str:
-    append_ledger("crash_op", {})
+def crash_op(label: str | None = None) -> str:
+    append_ledger("crash_op", {} if label is None else {"label": label})
     os._exit(1)
+
+
+# A tool's own exception becomes an isError result; an MCPError is passed through by MCPServer
+# and goes on the wire as a JSON-RPC error response with its code.
+@mcp.tool(description="Test hook: acts (one ledger line), then answers a JSON-RPC internal error (-32603).")
+def effect_then_error(label: str) -> str:
+    append_ledger("effect_then_error", {"label": label})
+    raise MCPError(code=INTERNAL_ERROR, message="internal error after the effect")
+
+
+@mcp.tool(
+    description="Test hook: refuses with invalid params (-32602), before acting, until gate_file exists."
+)
+def picky_op(label: str, gate_file: str) -> str:
+    if not Path(gate_file).exists():
+        raise MCPError(code=INVALID_PARAMS, message="invalid params: not yet")
+    append_ledger("picky_op", {"label": label, "gate_file": gate_file})
+    return f"done {label}"
+
+
+@mcp.tool(description="Quote the fee on an amount.", annotations=ToolAnnotations(read_only_hint=True))
+def quote_fee(amount: float) -> dict[str, float]:
+    return {"amount": amount, "fee": round(amount * 0.029 + 0.3, 2)}
 
 
 @mcp.tool(description="Charge an amount; natively idempotent: the same key returns the same charge.")
