@@ -429,9 +429,17 @@ def parse_strace(trace: str) -> list[Syscall]:
     return sorted(calls, key=lambda c: c.index)
 
 
-def pipe_inode(pid: int, fd: int) -> str:
-    """``pipe:[N]`` of a process's descriptor (e.g. a child's stdin)."""
-    return os.readlink(f"/proc/{pid}/fd/{fd}")
+def pipes_of(pid: int) -> set[str]:
+    """Every ``pipe:[N]`` a process holds open (a stdio server may keep its stdin on a private fd)."""
+    found: set[str] = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue
+        if target.startswith("pipe:"):
+            found.add(target)
+    return found
 
 
 def ledger_labels(ledger: Path) -> dict[str, int]:
