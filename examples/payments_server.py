@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import json
 import logging
 import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -196,15 +199,37 @@ def quote_fee(amount: float) -> dict[str, float]:
     return {"amount": amount, "fee": round(amount * 0.029 + 0.3, 2)}
 
 
+@contextmanager
+def _charging() -> Iterator[None]:
+    """One check-then-charge at a time across every process on this ledger (several gateways may
+    each run a server, and a gateway re-sends a forwarded key while the first send may still run)."""
+    with ledger_path().with_name(ledger_path().name + ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _charge_once(tool: str, amount: float, idempotency_key: str, **extra: Any) -> dict[str, Any]:
+    """The key's earlier charge, or a new one: the ledger is the dedupe state, so a restarted
+    server still knows every key."""
+    with _charging():
+        for line in read_ledger():
+            if (
+                line["tool"] == tool
+                and line.get("phase") == extra.get("phase")
+                and line["args"].get("idempotency_key") == idempotency_key
+            ):
+                return dict(line["result"])
+        result = {"charge_id": f"ch_{uuid.uuid4().hex[:12]}", "amount": amount}
+        append_ledger(tool, {"amount": amount, "idempotency_key": idempotency_key}, result=result, **extra)
+        return result
+
+
 @mcp.tool(description="Charge an amount; natively idempotent: the same key returns the same charge.")
 def native_charge(amount: float, idempotency_key: str) -> dict[str, Any]:
-    # The ledger is the dedupe state, so a restarted server still knows every key.
-    for line in read_ledger():
-        if line["tool"] == "native_charge" and line["args"].get("idempotency_key") == idempotency_key:
-            return dict(line["result"])
-    result = {"charge_id": f"ch_{uuid.uuid4().hex[:12]}", "amount": amount}
-    append_ledger("native_charge", {"amount": amount, "idempotency_key": idempotency_key}, result=result)
-    return result
+    return _charge_once("native_charge", amount, idempotency_key)
 
 
 @mcp.tool(description="Charge once the gate file exists; natively idempotent like native_charge.")
@@ -214,18 +239,9 @@ async def slow_charge(amount: float, idempotency_key: str, gate_file: str) -> di
     with anyio.fail_after(GATE_LIMIT_SECONDS):
         while not await gate.exists():  # noqa: ASYNC110 - the gate is a file another process creates
             await anyio.sleep(GATE_POLL_SECONDS)
-    for line in read_ledger():
-        if (
-            line["tool"] == "slow_charge"
-            and line.get("phase") == "charged"
-            and (line["args"].get("idempotency_key") == idempotency_key)
-        ):
-            return dict(line["result"])
-    result = {"charge_id": f"ch_{uuid.uuid4().hex[:12]}", "amount": amount}
-    append_ledger(
-        "slow_charge", {"amount": amount, "idempotency_key": idempotency_key}, phase="charged", result=result
+    return await anyio.to_thread.run_sync(
+        lambda: _charge_once("slow_charge", amount, idempotency_key, phase="charged")
     )
-    return result
 
 
 @mcp.tool(description="Consume one queue message (at-least-once delivery: a redelivery repeats the id).")
