@@ -41,7 +41,7 @@ from anyio.abc import Process
 from sqlalchemy.engine import make_url
 
 from tests.never_twice.kit import WriteLock, children, events, free_port, sqlite_path
-from tests.support import Setup, alive, new_key, read_ledger
+from tests.support import Setup, alive, forwarded_key, new_key, read_ledger
 
 MODERN = "2026-07-28"
 CALL_BOUND = 25.0  # a client gives up on one call after this long ("lost")
@@ -234,8 +234,12 @@ def parse_response(response: httpx2.Response) -> dict[str, Any]:
 # ---- the verdict ------------------------------------------------------------------------------------
 
 
-def executions_by_key(ledger: Path) -> dict[str, list[float]]:
-    """Start times of every execution (native tools: every charge), by key."""
+def executions_by_key(ledger: Path, forwarded: dict[str, str]) -> dict[str, list[float]]:
+    """Start times of every execution (native tools: every charge), by key.
+
+    ``forwarded``: the key a natively idempotent tool receives (scoped to the principal) → the
+    client's key.
+    """
     found: dict[str, list[float]] = {}
     for line in read_ledger(ledger):
         tool, args, phase = line["tool"], line.get("args", {}), line.get("phase")
@@ -244,9 +248,9 @@ def executions_by_key(ledger: Path) -> dict[str, list[float]]:
         elif tool == "create_invoice":
             key = args.get("customer")
         elif tool == "native_charge":
-            key = args.get("idempotency_key")
+            key = forwarded.get(args.get("idempotency_key", ""))
         elif tool == "slow_charge":
-            key = args.get("idempotency_key") if phase == "charged" else None
+            key = forwarded.get(args.get("idempotency_key", "")) if phase == "charged" else None
         else:
             key = None
         if key is not None:
@@ -278,7 +282,8 @@ class Verdict:
 
 
 async def judge(setup: Setup, plans: Sequence[Plan], attempts: Sequence[Attempt]) -> Verdict:
-    ran = executions_by_key(setup.ledger)
+    native = [p.key for p in plans if p.tool in ("native_charge", "slow_charge")]
+    ran = executions_by_key(setup.ledger, {forwarded_key(key): key for key in native})
     verdict = Verdict(executions=sum(len(v) for v in ran.values()))
     completed_at: dict[str, list[float]] = {}
     for event in await events(setup.store):
@@ -319,6 +324,7 @@ class Chaos:
     attempts: list[Attempt] = field(default_factory=list)
     faults: Counter[str] = field(default_factory=Counter)
     refused: int = 0
+    round_seconds: list[float] = field(default_factory=list)
     _next: int = 0
 
     def __post_init__(self) -> None:
@@ -476,16 +482,21 @@ class Chaos:
             self.fleet = [Replica(i, self.setup) for i in range(self.replicas)]
             try:
                 with anyio.fail_after(ROUND_BOUND * self.rounds + START_BOUND * len(self.fleet)):
-                    for replica in self.fleet:
-                        await replica.start(http)
+                    async with anyio.create_task_group() as tg:
+                        for replica in self.fleet:
+                            tg.start_soon(replica.start, http)
                     for _ in range(self.rounds):
+                        began = time.monotonic()
                         await self.round(http)
+                        self.round_seconds.append(time.monotonic() - began)
             finally:
                 for plan in self.plans:
                     if plan.gate is not None:
                         plan.gate.touch()
-                for replica in self.fleet:
-                    await replica.terminate()
+                with anyio.CancelScope(shield=True):
+                    async with anyio.create_task_group() as tg:
+                        for replica in self.fleet:
+                            tg.start_soon(replica.terminate)
         # Orphaned downstreams (their gateway was killed) finish what they had, then exit.
         seen = {pid for replica in self.fleet for pid in replica.downstreams}
         with anyio.fail_after(START_BOUND):
@@ -502,7 +513,8 @@ class Chaos:
             f"keys={len(self.plans)} calls={len(self.attempts)} refused_connects={self.refused} "
             f"executions={verdict.executions} duplicates={len(verdict.duplicates)} "
             f"unbacked={len(verdict.unbacked)} unavailable_ran={len(verdict.unavailable_ran)} "
-            f"answers={dict(sorted(answers.items()))}"
+            f"answers={dict(sorted(answers.items()))} "
+            f"round_seconds={[round(x, 1) for x in self.round_seconds]}"
         )
 
     def explain(self, verdict: Verdict, limit: int = 5) -> str:

@@ -461,12 +461,18 @@ def ledger_labels(ledger: Path) -> dict[str, int]:
 # ---- a downstream started through a launcher (it can leave a marker, or hang before exec) ---------
 
 
-def launcher_manifest(setup: Setup, *, marker: Path, block: Path, gate: Path, **kwargs: Any) -> Path:
+def launcher_manifest(
+    setup: Setup, *, marker: Path, block: Path, gate: Path, hold_stdout: Path | None = None, **kwargs: Any
+) -> Path:
     """The example server's manifest, started through ``launcher.py`` (see there)."""
     path = setup.manifest(**kwargs)
     args = [str(HERE / "launcher.py"), str(marker), str(block), str(gate), str(EXAMPLE_SERVER)]
+    env = {"PAYMENTS_LEDGER": str(setup.ledger)}
+    if hold_stdout is not None:
+        env["LAUNCHER_HOLD_STDOUT"] = str(hold_stdout)
+    replaced = {"args = ": f"args = {toml_value(args)}", "env = ": f"env = {toml_value(env)}"}
     lines = [
-        f"args = {toml_value(args)}" if line.startswith("args = ") else line
+        next((new for prefix, new in replaced.items() if line.startswith(prefix)), line)
         for line in path.read_text().splitlines()
     ]
     path.write_text("\n".join(lines) + "\n")

@@ -4,8 +4,9 @@
   reconnecting (its restart hangs until a gate file exists; the gateway waits for it inline,
   ``IDEM_GATEWAY_CONNECT_WAIT``): nothing was sent, so the key is released; a retry once the
   downstream is up executes once.
-- A stdio downstream killed between calls: the next keyed call is ``executed`` (after a
-  reconnect) or ``downstream_unavailable`` with the key released, never ``outcome_unknown``.
+- A stdio downstream killed between calls (dead before the call; the gateway has, or has not
+  yet, seen the end of its stdout): the next keyed call is ``executed`` (after a reconnect) or
+  ``downstream_unavailable`` with the key released, never ``outcome_unknown``.
 - An HTTP downstream that died (connection refused): ``downstream_unavailable``, key released;
   once it is back on its port, a retry executes once.
 """
@@ -76,21 +77,29 @@ async def test_a_forwarded_cancellation_before_anything_was_sent_releases_the_ke
 
 
 async def test_a_stdio_downstream_killed_between_calls_is_never_an_unknown_outcome(setup: Setup) -> None:
-    setup.manifest()
+    marker, release = setup.tmp / "launched", setup.tmp / "release-stdout"
+    launcher_manifest(
+        setup, marker=marker, block=setup.tmp / "never", gate=setup.tmp / "never", hold_stdout=release
+    )
     answers: list[tuple[str, str | None]] = []
     left_behind: list[dict[str, Any]] = []
     async with gateway(setup) as gw:
         for i in range(KILLS):
             await _until_executed(gw.client, "list_invoices", {})  # the downstream is up
             (child,) = children(gw.pid)
+            noticed = gw.log_text().count("connection lost")
             os.kill(child, signal.SIGKILL)
+            await wait_for(lambda pid=child: not alive(pid))  # dead: its stdin is closed
             if i % 2:
-                # The other order: the downstream is gone for sure before the call.
-                await wait_for(lambda pid=child: not alive(pid))
+                # The gateway has read the end of the dead server's stdout before the call.
+                await anyio.Path(f"{release}-{child}").touch()
+                await wait_for(lambda seen=noticed: gw.log_text().count("connection lost") > seen)
+            # else: a helper still holds the dead server's stdout open: the gateway has not noticed.
             key = new_key()
             args = {"customer": f"after-kill-{i}", "amount": 5, "idempotency_key": key}
             first = await gw.client.call_tool("create_invoice", args)
             answers.append((outcome(first) or "", error_code(first)))
+            await anyio.Path(f"{release}-{child}").touch()
             if error_code(first) == "downstream_unavailable":
                 left = await record(setup.store, key)
                 if left is not None:
