@@ -5,7 +5,9 @@ Every execution of a side-effecting tool appends one JSON line to the ledger
 flushed and fsynced before the tool returns: a test counts lines to know how many
 times something really ran. A few hooks make failure modes testable without sleeps:
 ``slow_op`` holds a call mid-flight until a gate file appears, ``crash_op`` kills the
-process mid-call, ``fail_op`` returns a tool error.
+process mid-call, ``fail_op`` returns a tool error, ``effect_then_error`` acts and then answers
+a JSON-RPC internal error, ``picky_op`` refuses with "invalid params" (before acting) until
+a gate file exists.
 
 Run over stdio (default) or streamable HTTP: ``python payments_server.py --http PORT``.
 Logs go to stderr only; stdout is the protocol.
@@ -15,18 +17,24 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import json
 import logging
 import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypedDict
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPError
 from mcp_types import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
     BlobResourceContents,
     CallToolResult,
     EmbeddedResource,
@@ -163,20 +171,65 @@ def image_op() -> CallToolResult:
 
 
 @mcp.tool(description="Test hook: the process dies mid-call, after its side effect.")
-def crash_op() -> str:
-    append_ledger("crash_op", {})
+def crash_op(label: str | None = None) -> str:
+    append_ledger("crash_op", {} if label is None else {"label": label})
     os._exit(1)
+
+
+# A tool's own exception becomes an isError result; an MCPError is passed through by MCPServer
+# and goes on the wire as a JSON-RPC error response with its code.
+@mcp.tool(description="Test hook: acts (one ledger line), then answers a JSON-RPC internal error (-32603).")
+def effect_then_error(label: str) -> str:
+    append_ledger("effect_then_error", {"label": label})
+    raise MCPError(code=INTERNAL_ERROR, message="internal error after the effect")
+
+
+@mcp.tool(
+    description="Test hook: refuses with invalid params (-32602), before acting, until gate_file exists."
+)
+def picky_op(label: str, gate_file: str) -> str:
+    if not Path(gate_file).exists():
+        raise MCPError(code=INVALID_PARAMS, message="invalid params: not yet")
+    append_ledger("picky_op", {"label": label, "gate_file": gate_file})
+    return f"done {label}"
+
+
+@mcp.tool(description="Quote the fee on an amount.", annotations=ToolAnnotations(read_only_hint=True))
+def quote_fee(amount: float) -> dict[str, float]:
+    return {"amount": amount, "fee": round(amount * 0.029 + 0.3, 2)}
+
+
+@contextmanager
+def _charging() -> Iterator[None]:
+    """One check-then-charge at a time across every process on this ledger (several gateways may
+    each run a server, and a gateway re-sends a forwarded key while the first send may still run)."""
+    with ledger_path().with_name(ledger_path().name + ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _charge_once(tool: str, amount: float, idempotency_key: str, **extra: Any) -> dict[str, Any]:
+    """The key's earlier charge, or a new one: the ledger is the dedupe state, so a restarted
+    server still knows every key."""
+    with _charging():
+        for line in read_ledger():
+            if (
+                line["tool"] == tool
+                and line.get("phase") == extra.get("phase")
+                and line["args"].get("idempotency_key") == idempotency_key
+            ):
+                return dict(line["result"])
+        result = {"charge_id": f"ch_{uuid.uuid4().hex[:12]}", "amount": amount}
+        append_ledger(tool, {"amount": amount, "idempotency_key": idempotency_key}, result=result, **extra)
+        return result
 
 
 @mcp.tool(description="Charge an amount; natively idempotent: the same key returns the same charge.")
 def native_charge(amount: float, idempotency_key: str) -> dict[str, Any]:
-    # The ledger is the dedupe state, so a restarted server still knows every key.
-    for line in read_ledger():
-        if line["tool"] == "native_charge" and line["args"].get("idempotency_key") == idempotency_key:
-            return dict(line["result"])
-    result = {"charge_id": f"ch_{uuid.uuid4().hex[:12]}", "amount": amount}
-    append_ledger("native_charge", {"amount": amount, "idempotency_key": idempotency_key}, result=result)
-    return result
+    return _charge_once("native_charge", amount, idempotency_key)
 
 
 @mcp.tool(description="Charge once the gate file exists; natively idempotent like native_charge.")
@@ -186,18 +239,9 @@ async def slow_charge(amount: float, idempotency_key: str, gate_file: str) -> di
     with anyio.fail_after(GATE_LIMIT_SECONDS):
         while not await gate.exists():  # noqa: ASYNC110 - the gate is a file another process creates
             await anyio.sleep(GATE_POLL_SECONDS)
-    for line in read_ledger():
-        if (
-            line["tool"] == "slow_charge"
-            and line.get("phase") == "charged"
-            and (line["args"].get("idempotency_key") == idempotency_key)
-        ):
-            return dict(line["result"])
-    result = {"charge_id": f"ch_{uuid.uuid4().hex[:12]}", "amount": amount}
-    append_ledger(
-        "slow_charge", {"amount": amount, "idempotency_key": idempotency_key}, phase="charged", result=result
+    return await anyio.to_thread.run_sync(
+        lambda: _charge_once("slow_charge", amount, idempotency_key, phase="charged")
     )
-    return result
 
 
 @mcp.tool(description="Consume one queue message (at-least-once delivery: a redelivery repeats the id).")

@@ -19,6 +19,15 @@ import pytest
 from tests.support import Setup
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-rounds",
+        type=int,
+        default=None,
+        help="rounds per backend for the chaos test (default: CHAOS_ROUNDS, else a CI-sized run)",
+    )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Gateways started by the tests keep their state (the fingerprint secret) under a temporary
