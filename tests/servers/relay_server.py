@@ -32,6 +32,8 @@ Ctx = ServerRequestContext[Any, Any]
 
 BUS = InMemorySubscriptionBus()
 EXTRA_TOOLS: list[str] = []
+LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+LEVEL = ["debug"]  # the 2025-era logging/setLevel of this process's (one) connection
 RESERVED = ("io.modelcontextprotocol/", "progressToken", "progress_token")
 
 
@@ -141,7 +143,10 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> dict[str, 
             },
         )
     if name == "log_during_call":
+        floor = LEVELS.index(LEVEL[0])
         for level in ("debug", "info", "warning", "error"):
+            if not modern(ctx) and LEVELS.index(level) < floor:
+                continue  # 2025 era: logging/setLevel filters (2026-07-28: the SDK's opt-in gate does)
             await ctx.session.send_log_message(
                 level, f"log at {level}", "relay", related_request_id=ctx.request_id
             )
@@ -229,6 +234,7 @@ def server() -> Server[Any]:
     )
 
     async def set_level(ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
+        LEVEL[0] = params.level
         return types.EmptyResult()
 
     made.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)

@@ -82,7 +82,7 @@ def relay_manifest(
     setup: Setup, name: str = "relay", *, label: str | None = None, **server: Any
 ) -> StdioServerParameters:
     """The relay server behind the gateway (stdio); returns its direct parameters."""
-    env = {"RELAY_LEDGER": str(setup.tmp / "relay-ledger.jsonl"), "RELAY_LABEL": label or name}
+    env = {"RELAY_LEDGER": str(setup.tmp / "relay-ledger.jsonl"), "RELAY_LABEL": label or f"label-{name}"}
     server.setdefault("env", env)
     manifest(setup.manifests, name, {"command": sys.executable, "args": [str(RELAY_SERVER)], **server})
     return StdioServerParameters(command=sys.executable, args=[str(RELAY_SERVER)], env=env)
@@ -100,13 +100,17 @@ class Answers:
     notifications: list[types.ServerNotification] = field(default_factory=list)
 
     async def _asked(self, method: str, params: Any) -> None:
-        self.asked.append((method, params.model_dump(by_alias=True, mode="json", exclude_none=True) if params else {}))
+        self.asked.append(
+            (method, params.model_dump(by_alias=True, mode="json", exclude_none=True) if params else {})
+        )
         self.arrived.set()
         if self.release is not None:
             with anyio.fail_after(WAIT):
                 await self.release.wait()
 
-    async def sampling(self, context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    async def sampling(
+        self, context: Any, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
         await self._asked("sampling/createMessage", params)
         content = params.messages[0].content
         prompt = content.text if isinstance(content, types.TextContent) else ""
@@ -131,7 +135,9 @@ class Answers:
         if isinstance(message, types.ServerNotification):
             self.notifications.append(message)
 
-    def callbacks(self, *, sampling: bool = True, elicitation: bool = True, roots: bool = True) -> dict[str, Any]:
+    def callbacks(
+        self, *, sampling: bool = True, elicitation: bool = True, roots: bool = True
+    ) -> dict[str, Any]:
         return {
             "sampling_callback": self.sampling if sampling else None,
             "elicitation_callback": self.elicitation if elicitation else None,
@@ -163,7 +169,9 @@ async def over_http(gateway: HttpGateway, principal: str, mode: str, **kwargs: A
     """A client of an HTTP gateway as ``principal``."""
     async with (
         create_mcp_http_client(headers=bearer(principal)) as http,
-        Client(streamable_http_client(gateway.url, http_client=http), mode=mode, cache=None, **kwargs) as client,  # type: ignore[arg-type]
+        Client(
+            streamable_http_client(gateway.url, http_client=http), mode=mode, cache=None, **kwargs
+        ) as client,  # type: ignore[arg-type]
     ):
         yield client
 

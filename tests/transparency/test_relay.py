@@ -39,7 +39,9 @@ def setup(tmp_path: Path) -> Setup:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_a_server_offers_through_the_gateway_every_tool_it_offers_directly(setup: Setup, mode: str) -> None:
+async def test_a_server_offers_through_the_gateway_every_tool_it_offers_directly(
+    setup: Setup, mode: str
+) -> None:
     params = everything_manifest(setup)
     answers = Answers("client")
     async with direct(params, mode, **answers.callbacks()) as client:
@@ -51,7 +53,9 @@ async def test_a_server_offers_through_the_gateway_every_tool_it_offers_directly
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_sampling_elicitation_and_roots_from_a_2025_server_reach_the_client(setup: Setup, mode: str) -> None:
+async def test_sampling_elicitation_and_roots_from_a_2025_server_reach_the_client(
+    setup: Setup, mode: str
+) -> None:
     everything_manifest(setup)
     answers = Answers("alice")
     async with through(setup, mode, **answers.callbacks()) as client:
@@ -70,7 +74,9 @@ async def test_sampling_elicitation_and_roots_from_a_2025_server_reach_the_clien
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("method", ["sampling/createMessage", "elicitation/create", "roots/list"])
-async def test_what_a_2026_server_asks_reaches_the_client_as_directly(setup: Setup, mode: str, method: str) -> None:
+async def test_what_a_2026_server_asks_reaches_the_client_as_directly(
+    setup: Setup, mode: str, method: str
+) -> None:
     params = relay_manifest(setup)
     answers = Answers("bob")
     async with direct(params, mode, **answers.callbacks()) as client:
@@ -83,7 +89,9 @@ async def test_what_a_2026_server_asks_reaches_the_client_as_directly(setup: Set
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_a_client_without_the_capability_is_answered_for_as_it_would_answer(setup: Setup, mode: str) -> None:
+async def test_a_client_without_the_capability_is_answered_for_as_it_would_answer(
+    setup: Setup, mode: str
+) -> None:
     """server-everything lists the sampling tool through the gateway (the gateway can sample),
     but this client cannot: the server hears "method not found", as from such a client."""
     everything_manifest(setup)
@@ -96,7 +104,9 @@ async def test_a_client_without_the_capability_is_answered_for_as_it_would_answe
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_what_a_server_asks_reaches_only_the_principal_whose_call_asked(setup: Setup, mode: str) -> None:
+async def test_what_a_server_asks_reaches_only_the_principal_whose_call_asked(
+    setup: Setup, mode: str
+) -> None:
     """Alice and Bob call the sampling tool at once over HTTP; each is asked only its own prompt.
 
     Alice's answer is held until Bob's question has arrived too, so both calls are in flight
@@ -109,7 +119,9 @@ async def test_what_a_server_asks_reaches_only_the_principal_whose_call_asked(se
 
         async def call(principal: str, answers: Answers) -> None:
             async with over_http(gateway, principal, mode, **answers.callbacks()) as client:
-                result = await client.call_tool("trigger-sampling-request", {"prompt": principal, "maxTokens": 5})
+                result = await client.call_tool(
+                    "trigger-sampling-request", {"prompt": principal, "maxTokens": 5}
+                )
                 results[principal] = text_of(result)
 
         async with anyio.create_task_group() as tg:
