@@ -8,7 +8,6 @@ answers to what a server asks (``Answers``) that record what they were asked.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -154,13 +153,11 @@ async def direct(params: StdioServerParameters, mode: str, **kwargs: Any) -> Asy
 
 
 @asynccontextmanager
-async def through(setup: Setup, mode: str, **kwargs: Any) -> AsyncIterator[Client]:
-    """A client of a gateway subprocess over stdio."""
-    params = setup.gateway_params()
-    params = StdioServerParameters(
-        command=params.command, args=params.args, env={**os.environ, **(params.env or {})}, cwd=params.cwd
-    )
-    async with Client(params, mode=mode, cache=None, **kwargs) as client:
+async def through(
+    setup: Setup, mode: str, *, env: Mapping[str, str] | None = None, **kwargs: Any
+) -> AsyncIterator[Client]:
+    """A client of a gateway subprocess over stdio (``env`` added to the gateway's environment)."""
+    async with Client(setup.gateway_params(env=env), mode=mode, cache=None, **kwargs) as client:
         yield client
 
 

@@ -33,7 +33,11 @@ async def test_resources_and_prompts_read_as_directly_in_either_era(
     client era reads the other era's results."""
     if server == "everything":
         params = everything_manifest(setup)
-        uri, prompt, arguments = "demo://resource/static/document/features.md", "args-prompt", {"city": "Lyon"}
+        uri, prompt, arguments = (
+            "demo://resource/static/document/features.md",
+            "args-prompt",
+            {"city": "Lyon"},
+        )
     else:
         params = relay_manifest(setup)
         uri, prompt, arguments = "relay://item/7", "greet", {"who": "ana"}
