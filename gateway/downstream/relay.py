@@ -37,6 +37,9 @@ LOG_LEVELS: Final = ("debug", "info", "notice", "warning", "error", "critical", 
 SAMPLING: Final = "sampling/createMessage"
 ELICITATION: Final = "elicitation/create"
 ROOTS: Final = "roots/list"
+TASKS_EXTENSION: Final = (
+    "io.modelcontextprotocol/tasks"  # passed on: tasks go through (gateway.downstream.tasks)
+)
 
 
 class Channel(Protocol):
@@ -141,10 +144,12 @@ def relayable(capabilities: types.ClientCapabilities | None) -> types.ClientCapa
     on 2026-07-28): what it can relay back, nothing of tasks or experimental features."""
     if capabilities is None:
         return types.ClientCapabilities()
+    extensions = {k: v for k, v in (capabilities.extensions or {}).items() if k == TASKS_EXTENSION}
     return types.ClientCapabilities(
         sampling=capabilities.sampling,
         elicitation=capabilities.elicitation,
         roots=capabilities.roots,
+        extensions=extensions or None,
     )
 
 

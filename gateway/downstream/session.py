@@ -44,7 +44,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, TypeAdapter
 
 from gateway import _sdk, meta
-from gateway.downstream import relay
+from gateway.downstream import relay, tasks
 from gateway.downstream.errors import (
     BEFORE_EXECUTION_CODES,
     DownstreamLost,
@@ -725,7 +725,7 @@ class DownstreamSession:
         conn = self._conn if self._conn is not None and not self._conn.lost.is_set() else None
         conn = conn or await self._reconnect_inline()
         sent = await self._send(conn, method, params, timeout=timeout, headers=headers, on_send=on_send)
-        result = own_meta(sent)
+        result = self._shaped(method, sent)
         caller = current_caller()
         rounds = 0
         while is_input_required(result) and (caller is None or not caller.takes_input_required):
@@ -739,8 +739,15 @@ class DownstreamSession:
                 retry["inputResponses"] = answers
             if result.get("requestState") is not None:
                 retry["requestState"] = result["requestState"]
-            result = own_meta(await self._send(conn, method, retry, timeout=timeout, headers=headers))
+            result = self._shaped(
+                method, await self._send(conn, method, retry, timeout=timeout, headers=headers)
+            )
         return result
+
+    def _shaped(self, method: str, result: dict[str, Any]) -> dict[str, Any]:
+        """The gateway's ``_meta`` rules, and task ids made the gateway's (``<server>/<id>``)."""
+        result = own_meta(result)
+        return result if method == "tasks/result" else tasks.expose(self.name, result)
 
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         """A notification to the server (``notifications/roots/list_changed``); dropped while down."""

@@ -37,9 +37,11 @@ from mcp.server.subscriptions import (
     ToolsListChanged,
 )
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import ConfigDict
 
 from gateway import __version__
-from gateway.downstream import DownstreamError, DownstreamPool, DownstreamSession
+from gateway.downstream import DownstreamError, DownstreamPool, DownstreamSession, tasks
 from gateway.downstream.relay import Caller, calling_for
 from gateway.errors import DownstreamUnavailable, StoreUnavailable
 from gateway.idempotency.fingerprint import Fingerprinter
@@ -86,8 +88,36 @@ class Publisher(Protocol):
     async def publish(self, principal: str | None, event: Any) -> None: ...
 
 
+class TaskParams(types.RequestParams):
+    """``tasks/*`` params (types the SDK does not dispatch): whatever the client sent."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 class _Server(Server[Any]):
-    """The low-level server, advertising ``listChanged`` for what the gateway relays."""
+    """The low-level server, advertising ``listChanged`` for what the gateway relays, and tasks
+    when a downstream offers them (``gateway/downstream/tasks.py``)."""
+
+    tasks: types.ServerTasksCapability | None = None  # 2025-11-25
+    tasks_extension: bool = False  # 2026-07-28
+
+    def get_capabilities(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+        *,
+        protocol_version: str | None = None,
+    ) -> types.ServerCapabilities:
+        caps = super().get_capabilities(
+            notification_options, experimental_capabilities, extensions, protocol_version=protocol_version
+        )
+        if protocol_version in MODERN_PROTOCOL_VERSIONS:
+            if self.tasks_extension:
+                caps.extensions = {**(caps.extensions or {}), tasks.EXTENSION: {}}
+        elif self.tasks is not None:
+            caps.tasks = self.tasks
+        return caps
 
     def create_initialization_options(
         self,
@@ -531,6 +561,62 @@ class Gateway:
             if not session.modern:
                 await session.notify("notifications/roots/list_changed")
 
+    # ---- tasks -------------------------------------------------------------------------------
+
+    async def task_request(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
+        """``tasks/get|result|cancel|update`` to the server that made the task; ``tasks/list`` to all."""
+        principal = self._principal(ctx)
+        assert self.pool is not None
+        if ctx.method == "tasks/list":
+            listed: list[Any] = []
+            for session in self.pool.sessions_of(principal):
+                offered = session.capabilities.tasks
+                if session.ready and offered is not None and offered.list is not None:
+                    try:
+                        page = await session.request("tasks/list", {}, timeout=session.spec.timeout)
+                    except (DownstreamError, DownstreamUnavailable) as exc:
+                        logger.info("downstream %s: tasks/list failed: %s", session.name, exc)
+                        continue
+                    listed.extend(page.get("tasks") or [])
+            return for_client(ctx, {"tasks": listed})
+        raw = dict(ctx.params or {})
+        server, task_id = tasks.owner(raw.get("taskId"))
+        if server not in self.pool.sessions:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown task: {raw.get('taskId')}")
+        session = self.session(server, principal)
+        caller = upstream.caller_for(ctx, principal, handled=("taskId",))
+        wait = session.spec.max_timeout if ctx.method == "tasks/result" else session.spec.timeout
+
+        async def work() -> dict[str, Any]:
+            return await session.request(ctx.method, {"taskId": task_id}, timeout=wait)
+
+        try:
+            return for_client(ctx, await self._serve(ctx, caller, session, work))
+        except (DownstreamError, DownstreamUnavailable) as exc:
+            raise as_mcp_error(exc, self.secrets) from None
+
+    def _offered_tasks(self) -> tuple[types.ServerTasksCapability | None, bool]:
+        """What of tasks the first sessions' servers offer: 2025-11-25 tasks, the 2026-07-28 extension."""
+        assert self.pool is not None
+        legacy = [
+            s.capabilities.tasks for s in self.pool.sessions.values() if s.capabilities.tasks is not None
+        ]
+        extension = any(
+            tasks.EXTENSION in (s.capabilities.extensions or {}) for s in self.pool.sessions.values()
+        )
+        if not legacy:
+            return None, extension
+        return (
+            types.ServerTasksCapability(
+                list=types.TasksListCapability() if any(t.list is not None for t in legacy) else None,
+                cancel=types.TasksCancelCapability() if any(t.cancel is not None for t in legacy) else None,
+                requests=types.ServerTasksRequestsCapability(
+                    tools=types.TasksToolsCapability(call=types.TasksCallCapability())
+                ),
+            ),
+            extension,
+        )
+
     # ---- subscriptions -----------------------------------------------------------------------
 
     def _subscription_handlers(self) -> dict[str, Any]:
@@ -651,14 +737,35 @@ class Gateway:
         server.add_notification_handler(
             "notifications/initialized", types.NotificationParams, self.roots_changed
         )
+        for method in tasks.METHODS:
+            server.add_request_handler(method, TaskParams, self.task_request)
+        server.tasks, server.tasks_extension = self._offered_tasks()
         # The SDK's tracing middleware is a per-message cost this proxy does not need on its hot
-        # path; gateway.tracing puts its own here when traces are asked for.
-        server.middleware = list(self.middleware)
+        # path; gateway.tracing puts its own here when traces are asked for. A 2025-11-25 task
+        # handle needs one of ours, only when a downstream offers tasks.
+        handles = [_TaskHandles(self)] if server.tasks is not None else []
+        server.middleware = [*self.middleware, *handles]
         return server
 
     def _input_schema(self, name: str) -> dict[str, Any] | None:
         tool = self.catalog.get(name) if self.catalog is not None else None
         return tool.listed.get("inputSchema") if tool is not None else None
+
+
+class _TaskHandles:
+    """2025-11-25: a task-augmented ``tools/call`` may answer with a task handle, which the SDK's
+    result check for ``tools/call`` (content required) would refuse; such a call is served here,
+    past that check (a middleware's own result is its own, per the SDK's middleware contract)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
+        raw = ctx.params or {}
+        if ctx.method != "tools/call" or not isinstance(raw.get("task"), dict) or upstream.is_modern(ctx):
+            return await call_next(ctx)
+        params = types.CallToolRequestParams.model_validate(raw, by_name=False)
+        return await self.gateway.call_tool(ctx, params)
 
 
 def _serves(session: DownstreamSession, method: str) -> bool:
