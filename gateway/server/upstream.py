@@ -15,6 +15,7 @@ be asked nothing, as if it lacked the capability.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -24,7 +25,7 @@ from mcp.server.context import ServerRequestContext
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway import _sdk
-from gateway.downstream.relay import Caller, unsupported
+from gateway.downstream.relay import ELICITATION, Caller, unsupported
 
 OWN_META_PREFIX: Final = "idem-gateway/"
 ENVELOPE_META: Final = frozenset(
@@ -68,7 +69,7 @@ class RequestChannel:
     async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if not self._requests or not self._out.can_send_request:
             raise unsupported(method)
-        return await self._out.send_raw_request(method, params)
+        return await self._out.send_raw_request(method, for_handshake_era(method, params))
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
         try:
@@ -87,6 +88,14 @@ def raw_meta(ctx: ServerRequestContext[Any, Any]) -> Mapping[str, Any]:
     """The request's ``_meta`` as the client sent it (``ctx.meta`` is re-keyed by the SDK's model)."""
     meta = (ctx.params or {}).get("_meta")
     return meta if isinstance(meta, Mapping) else {}
+
+
+def for_handshake_era(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A question as a 2025-era client must get it: a URL elicitation carries an
+    ``elicitationId`` there (2026-07-28 dropped it), so one asked without gets one."""
+    if method == ELICITATION and params.get("mode") == "url" and "elicitationId" not in params:
+        return {**params, "elicitationId": f"idem-gateway-{uuid.uuid4().hex}"}
+    return params
 
 
 def log_level(ctx: ServerRequestContext[Any, Any]) -> str | None:
