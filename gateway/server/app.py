@@ -302,14 +302,20 @@ class Gateway:
             if session is not None and not session.modern:
 
                 async def for_caller() -> dict[str, Any]:
-                    with calling_for(caller):
-                        return await work()
+                    try:
+                        with calling_for(caller):
+                            return await work()
+                    finally:
+                        caller.close()
 
                 opened = self.exchanges.reattach(caller.principal, identity)
                 opened = opened or self.exchanges.start(caller, for_caller, identity=identity)
                 return await opened.round(channel)
-        with calling_for(caller):
-            return await work()
+        try:
+            with calling_for(caller):
+                return await work()
+        finally:
+            caller.close()  # what the server still asks for this request is abandoned
 
     # ---- tools -------------------------------------------------------------------------------
 
@@ -385,9 +391,9 @@ class Gateway:
         for provider in self.providers:
             if provider.handles(uri):
                 return for_client(ctx, await provider.read(principal, uri))
-        caller = upstream.caller_for(ctx, principal, handled=("uri",))
         first_error: MCPError | None = None
         for session, known_as in self._resource_owners(principal, uri):
+            caller = upstream.caller_for(ctx, principal, handled=("uri",))
 
             async def work(session: DownstreamSession = session, known_as: str = known_as) -> dict[str, Any]:
                 return await session.read_resource(known_as)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
@@ -135,3 +136,42 @@ def test_a_downstream_result_keeps_its_meta_but_not_the_gateways_keys() -> None:
     }
     assert own_meta(result) == {"content": [], "_meta": {"vendor/k": 1}}
     assert own_meta({"content": [], "_meta": {"idem-gateway/x": 1}}) == {"content": []}
+
+
+class _Silent:
+    """A client that never answers."""
+
+    def __init__(self) -> None:
+        self.asked = anyio.Event()
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.asked.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        return None
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        return None
+
+
+async def test_a_question_still_open_when_its_request_ends_is_abandoned() -> None:
+    channel = _Silent()
+    caller = Caller(
+        "alice", channel=channel, capabilities=types.ClientCapabilities(roots=types.RootsCapability())
+    )
+    errors: list[MCPError] = []
+
+    async def ask() -> None:
+        try:
+            await caller.ask(relay.ROOTS, {})
+        except MCPError as exc:
+            errors.append(exc)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+            await channel.asked.wait()
+            caller.close()
+    assert [e.code for e in errors] == [types.REQUEST_TIMEOUT]
