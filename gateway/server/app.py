@@ -52,7 +52,7 @@ from gateway.server import metrics, names, upstream
 from gateway.server.call_tool import Downstream, call_tool
 from gateway.server.catalog import Catalog
 from gateway.server.exchange import Exchanges
-from gateway.server.results import as_mcp_error, for_client, interim_guard, unknown_tool
+from gateway.server.results import as_mcp_error, for_client, unknown_tool
 from gateway.server.upstreams import Upstreams
 from gateway.store.base import Store
 from gateway.store.records import Event
@@ -338,10 +338,10 @@ class Gateway:
         caller = upstream.caller_for(ctx, principal, handled=("name", "arguments"))
         meta = dict(params.meta) if params.meta is not None else None
         arguments = params.arguments or {}
-        downstream, interim = interim_guard(self.downstream(tool.spec.name, principal))
+        downstream = self.downstream(tool.spec.name, principal)
 
         async def work() -> dict[str, Any]:
-            result = await call_tool(
+            return await call_tool(
                 tool,
                 arguments,
                 meta,
@@ -351,7 +351,6 @@ class Gateway:
                 audit=self.record,
                 fingerprint=self.fingerprint,
             )
-            return interim.get(result)
 
         identity = (
             (tool.name, json.dumps(arguments, sort_keys=True, default=str)) if tool.side_effects else None

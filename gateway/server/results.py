@@ -2,16 +2,15 @@
 
 ``is_final`` is the one place that says whether a downstream result ends a call: a 2026-07-28
 ``input_required`` result does not (the client answers and sends the call again), so a keyed
-call must never store it. The guard consults it (until it does, ``interim_guard`` releases
-the key of a non-final result through the "nothing ran" path): the rounds of a multi-round
-call are one key's, each a claim that ends in a release, until the final round's result is
-stored and replayed.
+call must never store it. The guard consults it (``Guard.run(..., is_final=...)``): the rounds
+of a multi-round call are one key's, each a claim that ends in a release ("executed", not
+stored), until the final round's result is stored and replayed. (A 2025-era server's mid-call
+questions are one round to the guard: ``gateway/server/exchange.py`` holds that call open.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import mcp_types as types
@@ -66,48 +65,3 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 def unknown_tool(name: str) -> dict[str, Any]:
     """What a server answers for a tool it does not have: a tool error, not a protocol error."""
     return {"content": [{"type": "text", "text": f"Unknown tool: {name}"}], "isError": True}
-
-
-class _NotFinal(DownstreamUnavailable):
-    """Interim: a non-final result, carried out of the guard by its release path."""
-
-
-@dataclass
-class Interim:
-    """The non-final result a call produced, if it produced one."""
-
-    result: dict[str, Any] | None = field(default=None)
-
-    def get(self, returned: dict[str, Any]) -> dict[str, Any]:
-        return self.result if self.result is not None else returned
-
-
-@dataclass
-class _Guarded:
-    inner: Any  # a gateway.server.call_tool.Downstream
-    interim: Interim
-
-    async def call_tool(
-        self,
-        name: str,
-        arguments: dict[str, Any],
-        *,
-        meta: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float,
-        on_send: Callable[[], None] | None = None,
-    ) -> dict[str, Any]:
-        result = await self.inner.call_tool(
-            name, arguments, meta=meta, headers=headers, timeout=timeout, on_send=on_send
-        )
-        if not is_final(result):
-            self.interim.result = result
-            raise _NotFinal("not final: the client answers and sends the call again")
-        return result
-
-
-def interim_guard(session: Any) -> tuple[Any, Interim]:
-    """Until the guard consults ``is_final`` itself: a session whose non-final results release
-    the key (the guard's "nothing ran" path) and come back through ``Interim.get``."""
-    interim = Interim()
-    return _Guarded(session, interim), interim

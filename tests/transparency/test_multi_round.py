@@ -8,6 +8,7 @@ When the server is 2025-era and asks mid-call, the gateway holds the call open a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ async def test_a_keyed_call_stores_its_final_round_not_an_input_required_one(set
         assert isinstance(first, types.InputRequiredResult)
         again = await session.call_tool("keyed_ask", arguments, allow_input_required=True)
         assert isinstance(again, types.InputRequiredResult)  # nothing was stored: the round runs anew
+        audit = await client.read_resource(f"audit://keys/{key}")
+        assert json.loads(audit.contents[0].text)["record"] is None  # type: ignore[union-attr]
         final = await session.call_tool(
             "keyed_ask",
             arguments,
