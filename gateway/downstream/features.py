@@ -24,6 +24,9 @@ class ToolsOnly:
     notify_upstream: Callable[..., Awaitable[None]] | None = None
     roots_fallback: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
 
+    async def speaks_modern(self) -> bool:
+        return True
+
     async def list_all(self, method: str, key: str) -> list[dict[str, Any]]:
         return []
 

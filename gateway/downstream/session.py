@@ -21,6 +21,7 @@ result is resolved through it when its own client cannot take one (2025-era clie
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -767,6 +768,14 @@ class DownstreamSession:
         """Whether the live session speaks 2026-07-28 (no server→client requests, per-request envelope)."""
         conn = self._conn
         return conn is not None and conn.modern
+
+    async def speaks_modern(self) -> bool:
+        """``modern``, once a session that has not connected yet (a new principal's) has tried;
+        ``False`` when it cannot connect (the call will say so)."""
+        if self._conn is None or self._conn.lost.is_set():
+            with contextlib.suppress(DownstreamUnavailable):
+                await self._reconnect_inline()
+        return self.modern
 
     async def _answer_input_requests(
         self, caller: Caller | None, requests: Mapping[str, Any]

@@ -51,7 +51,7 @@ from gateway.secret import SecretError, check_value
 from gateway.server import metrics, names, upstream
 from gateway.server.call_tool import Downstream, call_tool
 from gateway.server.catalog import Catalog
-from gateway.server.exchange import Exchanges
+from gateway.server.exchange import AlreadyDelivered, Exchanges
 from gateway.server.results import as_mcp_error, for_client, unknown_tool
 from gateway.server.upstreams import Upstreams
 from gateway.store.base import Store
@@ -299,7 +299,7 @@ class Gateway:
                 exchange = self.exchanges.resume(state, caller.principal)
                 exchange.answer(caller.params.get("inputResponses"))
                 return await exchange.round(channel)
-            if session is not None and not session.modern:
+            if session is not None and not await session.speaks_modern():
 
                 async def for_caller() -> dict[str, Any]:
                     try:
@@ -309,8 +309,13 @@ class Gateway:
                         caller.close()
 
                 opened = self.exchanges.reattach(caller.principal, identity)
-                opened = opened or self.exchanges.start(caller, for_caller, identity=identity)
-                return await opened.round(channel)
+                if opened is not None:
+                    try:
+                        return await opened.round(channel)
+                    except AlreadyDelivered:
+                        pass  # the call ended and its result went to another round: the guard replays it
+                else:
+                    return await self.exchanges.start(caller, for_caller, identity=identity).round(channel)
         try:
             with calling_for(caller):
                 return await work()

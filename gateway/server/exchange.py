@@ -41,6 +41,11 @@ DEFAULT_TTL: Final = 300.0
 Work = Callable[[], Awaitable[dict[str, Any]]]
 
 
+class AlreadyDelivered(Exception):
+    """A re-attached round came for a result another round already took: the caller answers it
+    the ordinary way (a keyed call's guard replays it)."""
+
+
 @dataclass(eq=False)
 class _Question:
     method: str
@@ -109,6 +114,8 @@ class Exchange:
         try:
             while True:
                 if self.done.is_set():
+                    if self.delivered.is_set():
+                        raise AlreadyDelivered
                     self.delivered.set()
                     if self._error is not None:
                         raise self._error

@@ -112,13 +112,18 @@ async def test_an_unknown_tool_is_a_tool_error_as_from_a_server(setup: Setup, mo
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_meta_passes_both_ways_except_what_the_gateway_owns(setup: Setup, mode: str) -> None:
-    relay_manifest(setup)
+    params = relay_manifest(setup)
     sent: Any = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "vendor/x": 1}
-    sent["idem-gateway/idempotency-key"] = "not-for-the-server-0001"
+    async with direct(params, mode) as client:
+        directly = json.loads(text_of(await client.call_tool("echo_meta", {}, meta=sent)))
     async with through(setup, mode) as client:
+        sent["idem-gateway/idempotency-key"] = "not-for-the-server-0001"
         result = await client.call_tool("echo_meta", {}, meta=sent)
     received = json.loads(text_of(result))
-    assert received == {"traceparent": sent["traceparent"], "vendor/x": 1}
+    assert set(received) == set(directly) == {"traceparent", "vendor/x"}
+    assert received["vendor/x"] == 1
+    if directly["traceparent"] == sent["traceparent"]:  # the client's SDK traces nothing of its own
+        assert received["traceparent"] == sent["traceparent"]
     meta = dict(result.meta or {})
     assert meta.get("relay/extra") == "kept"
     assert "idem-gateway/outcome" not in meta

@@ -14,7 +14,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.http.kit import http_gateway
-from tests.support import Setup
+from tests.support import Setup, new_key, outcome
 from tests.transparency.kit import (
     MODES,
     WAIT,
@@ -108,3 +108,22 @@ async def test_only_the_environment_a_manifest_passes_reaches_a_server(setup: Se
     assert seen.get("IDEM_TEST_PASSED") is not None  # its value is a secret: masked wherever the gateway logs
     assert "IDEM_TEST_KEPT_BACK" not in seen and "IDEM_TEST_UNSET" not in seen
     assert dict(os.environ) == env_before
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_concurrent_retries_on_a_new_principals_session_execute_once(setup: Setup, mode: str) -> None:
+    """Bob's first calls start his session; five copies of one keyed call, sent at once, get one
+    execution and four replays, whether or not they met in one open exchange."""
+    everything_manifest(setup, tools={"get-sum": {"side_effects": True}})
+    arguments = {"a": 2, "b": 3, "idempotency_key": new_key()}
+    outcomes: list[str | None] = []
+    async with http_gateway(setup) as gateway, over_http(gateway, "bob", mode) as bob:
+
+        async def call() -> None:
+            outcomes.append(outcome(await bob.call_tool("get-sum", arguments)))
+
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(call)
+    assert sorted(o or "" for o in outcomes) == ["executed"] + ["replayed"] * 4
