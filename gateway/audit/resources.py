@@ -162,4 +162,5 @@ def install(gateway: Gateway) -> None:
     subscriptions = Subscriptions(gateway.principal_of)
     gateway.guard.listeners.append(subscriptions.record_changed)
     gateway.subscription_handlers.update(subscriptions.handlers())
+    gateway.subscriptions = subscriptions  # downstream resources/updated and list_changed go out through it
     install_secret_filter(s for spec in gateway.specs for s in spec.secrets)

@@ -20,7 +20,7 @@ import anyio
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.session import ServerSession
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated, ServerEvent
 from mcp.shared.exceptions import MCPError
 
 logger = logging.getLogger(__name__)
@@ -106,12 +106,19 @@ class Subscriptions:
 
     async def record_changed(self, principal: str, key: str) -> None:
         """A ``Guard`` listener: notify whoever of ``principal`` watches this key's resource."""
-        uri = KEYS_PREFIX + key
-        bus = self._buses.get(principal)
-        if bus is not None:
-            await bus.publish(ResourceUpdated(uri=uri))
+        await self.publish(principal, ResourceUpdated(uri=KEYS_PREFIX + key))
+
+    async def publish(self, principal: str | None, event: ServerEvent) -> None:
+        """Tell ``principal``'s subscribers (every principal's when ``None``) about ``event``:
+        its listen streams, and for a resource update its legacy subscribers of that URI."""
+        for owner, bus in list(self._buses.items()):
+            if principal is None or owner == principal:
+                await bus.publish(event)
+        if not isinstance(event, ResourceUpdated):
+            return
+        uri = event.uri
         for ident, conn in list(self._legacy.items()):
-            if conn.principal != principal or uri not in conn.uris:
+            if (principal is not None and conn.principal != principal) or uri not in conn.uris:
                 continue
             # Bounded: a client that stopped reading must not hold up the call path.
             with anyio.move_on_after(NOTIFY_TIMEOUT) as scope:

@@ -1,9 +1,20 @@
-"""The set of downstream sessions the gateway serves, owned by one task group."""
+"""The set of downstream sessions the gateway serves, owned by one task group.
+
+Sessions and principals: a stateful server keeps what one client did in its session (the
+Node reference servers' session resources, a filesystem server's roots, a subscription), so
+one session shared by every principal would let principal B see what principal A made. By
+default (``sessions = "per_principal"``) each principal gets its own session, started on its
+first request; a gateway that serves one principal (stdio, or HTTP without tokens) therefore
+runs one session per server, as before. ``sessions = "shared"`` keeps one session for all,
+for stateless servers where a process per principal is waste. The first session of every
+server, the one started with the gateway, is the gateway's own principal's (``--principal``);
+its tool list is the catalog every principal sees.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import cast
 
@@ -28,12 +39,12 @@ def session_for(spec: ServerSpec, *, connect_wait: float = 2.0) -> DownstreamSes
 
 
 class DownstreamPool:
-    """One supervised ``DownstreamSession`` per ``ServerSpec``, started together, closed together.
+    """One supervised ``DownstreamSession`` per ``ServerSpec`` (and principal), closed together.
 
-    Entering starts every session concurrently and waits up to ``startup_timeout`` for each
-    to get ready; a slow or broken downstream is logged and left to keep reconnecting, and
-    never fails start-up or delays the others past that bound. Exiting cancels the
-    supervisors, which close their sessions and stop their child processes.
+    Entering starts every server's first session concurrently and waits up to
+    ``startup_timeout`` for each to get ready; a slow or broken downstream is logged and left
+    to keep reconnecting, and never fails start-up or delays the others past that bound.
+    Exiting cancels the supervisors, which close their sessions and stop their child processes.
     """
 
     def __init__(
@@ -42,14 +53,47 @@ class DownstreamPool:
         *,
         startup_timeout: float = 10.0,
         connect_wait: float = 2.0,
+        principal: str = "local",
+        on_session: Callable[[DownstreamSession], None] | None = None,
     ) -> None:
         self.sessions: dict[str, DownstreamSession] = {}
+        self.principal = principal
+        self._connect_wait = connect_wait
+        self._on_session = on_session or (lambda session: None)
+        self._per_principal: dict[tuple[str, str], DownstreamSession] = {}
         for spec in specs:
             if spec.name in self.sessions:
                 raise ValueError(f"duplicate downstream name {spec.name!r}")
-            self.sessions[spec.name] = session_for(spec, connect_wait=connect_wait)
+            self.sessions[spec.name] = self._new(spec, principal)
         self.startup_timeout = startup_timeout
         self._task_group: anyio.abc.TaskGroup | None = None
+
+    def _new(self, spec: ServerSpec, principal: str) -> DownstreamSession:
+        session = session_for(spec, connect_wait=self._connect_wait)
+        session.principal = principal if spec.sessions == "per_principal" else None
+        self._on_session(session)
+        return session
+
+    def session(self, server: str, principal: str) -> DownstreamSession:
+        """``principal``'s session to ``server``, started now if it is its first request."""
+        first = self.sessions[server]
+        if first.spec.sessions == "shared" or principal == self.principal:
+            return first
+        session = self._per_principal.get((server, principal))
+        if session is None:
+            if self._task_group is None:
+                raise RuntimeError("the pool is not running")
+            session = self._per_principal[(server, principal)] = self._new(first.spec, principal)
+            self._task_group.start_soon(session.run)
+            logger.info("downstream %s: a session for principal %s", server, principal)
+        return session
+
+    def sessions_of(self, principal: str) -> list[DownstreamSession]:
+        """``principal``'s session to every server."""
+        return [self.session(name, principal) for name in self.sessions]
+
+    def all_sessions(self) -> list[DownstreamSession]:
+        return [*self.sessions.values(), *self._per_principal.values()]
 
     async def __aenter__(self) -> DownstreamPool:
         task_group = anyio.create_task_group()

@@ -340,6 +340,9 @@ def _build(b: _Build, data: dict[str, Any]) -> ServerSpec | None:
         command = sys.executable
     args = tuple(b.expand(f"server.args[{i}]", a) for i, a in enumerate(_list(server.get("args"))))
     env = {k: b.expand(f"server.env.{k}", v) for k, v in _table(server.get("env")).items()}
+    for name in _strings(server.get("env_passthrough")):
+        if name not in env and name in b.environ:
+            env[name] = b.environ[name]  # a secret like any env value (ServerSpec.secrets)
     headers = {k: b.expand(f"server.headers.{k}", v) for k, v in _table(server.get("headers")).items()}
     url = b.expand("server.url", server.get("url"))
 
@@ -352,6 +355,9 @@ def _build(b: _Build, data: dict[str, Any]) -> ServerSpec | None:
                 b.error("server.cwd", "not a directory")
 
     timeout = b.duration("server.timeout", server.get("timeout", "30s"), positive=True)
+    max_timeout = b.duration("server.max_timeout", server.get("max_timeout", "10m"), positive=True)
+    if timeout is not None and max_timeout is not None and "max_timeout" in server and max_timeout < timeout:
+        b.error("server.max_timeout", "must not be shorter than server.timeout")
 
     openapi = _openapi(b, server) if transport == "openapi" else {}
     base = ToolPolicy()
@@ -377,8 +383,11 @@ def _build(b: _Build, data: dict[str, Any]) -> ServerSpec | None:
         headers=headers,
         **openapi,
         tool_prefix=server.get("tool_prefix", ""),
+        resource_prefix=server.get("resource_prefix", ""),
         timeout=cast(float, timeout),
+        max_timeout=max(timeout or 0.0, max_timeout or 0.0),
         expose=server.get("expose", "all"),
+        sessions=server.get("sessions", "per_principal"),
         defaults=defaults,
         tools=tools,
     )

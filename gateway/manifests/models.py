@@ -56,9 +56,12 @@ class ServerSpec:
     base_url: str | None = None  # openapi: operation paths are appended to it
     operations: tuple[str, ...] | None = None  # openapi: the tools to make; None = every operation
     key_header: str = KEY_HEADER  # openapi: the header the idempotency key is sent in
-    tool_prefix: str = ""
-    timeout: float = 30.0
+    tool_prefix: str = ""  # also put in front of its prompts' names
+    resource_prefix: str = ""  # put in front of its resource URIs and templates
+    timeout: float = 30.0  # how long a call may go without a word from the server
+    max_timeout: float = 600.0  # progress restarts timeout, up to this long from the start
     expose: Literal["all", "listed"] = "all"
+    sessions: Literal["per_principal", "shared"] = "per_principal"
     defaults: ToolPolicy = field(default_factory=ToolPolicy)
     tools: dict[str, ToolPolicy] = field(default_factory=dict)  # keyed by downstream tool name
 

@@ -21,6 +21,7 @@ from gateway.idempotency.guard import Attempt, Guard, Intent
 from gateway.idempotency.keys import extract_key, forwards_key
 from gateway.server.catalog import ExposedTool
 from gateway.server.errors import refusal_result
+from gateway.server.results import is_final, jsonrpc_error
 from gateway.store.records import Event
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,9 @@ async def call_tool(
         except GatewayError as error:
             return refusal_result(error)
         except DownstreamError as exc:
+            # The downstream's own JSON-RPC error reaches the client as it would directly.
+            if (answered := jsonrpc_error(exc, tool.spec.secrets)) is not None:
+                raise answered from None
             return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
 
     policy = tool.policy
@@ -149,7 +153,7 @@ async def call_tool(
         )
 
     try:
-        return await guard.run(intent, execute)
+        return await guard.run(intent, execute, is_final=is_final)
     except StoreUnavailable as error:
         logger.error("store unavailable, refusing %s: %s", tool.name, error)
         return refusal_result(error)

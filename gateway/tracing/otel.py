@@ -272,7 +272,11 @@ class Tracing:
         """Spans for the gateway's calls and its downstream sessions (before it starts)."""
         gateway.middleware.append(ToolCallSpans(gateway))
         sessions, tracer = gateway.session, self.tracer
-        gateway.downstream = lambda server: TracedDownstream(sessions(server), tracer)
+
+        def traced(server: str, principal: str | None = None) -> TracedDownstream:
+            return TracedDownstream(sessions(server, principal), tracer)
+
+        gateway.downstream = traced
 
 
 def _exporters(environ: Mapping[str, str]) -> list[SpanExporter]:

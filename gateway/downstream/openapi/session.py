@@ -28,6 +28,7 @@ import mcp_types as types
 
 from gateway import __version__
 from gateway.downstream.errors import DownstreamLost, DownstreamRejected, DownstreamUnavailable
+from gateway.downstream.features import ToolsOnly
 from gateway.downstream.openapi.document import DocumentError, is_url, load
 from gateway.downstream.openapi.operations import Listing, Operation, operations_of
 from gateway.downstream.openapi.wire import build_request, result_of
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 _SPEC_ACCEPT: Final = "application/json, application/yaml;q=0.9, */*;q=0.5"
 
 
-class OpenAPISession:
+class OpenAPISession(ToolsOnly):
     """One REST API as a downstream: its operations are the tools (see ``operations``)."""
 
     def __init__(
