@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
@@ -23,11 +24,13 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from gateway.manifests.models import KEY_HEADER, ForwardKey, ServerSpec, ToolPolicy
+from gateway.textsafe import escape
 
 __all__ = [
     "ManifestError",
@@ -57,8 +60,9 @@ class ManifestError(Exception):
         super().__init__(str(self))
 
     def __str__(self) -> str:
+        # A tool name (a TOML key) can hold anything: shown escaped, never interpreted.
         where = f"{self.file.name}: {self.path}" if self.path else self.file.name
-        return f"{where}: {self.message}"
+        return escape(f"{where}: {self.message}")
 
     def __repr__(self) -> str:
         return f"ManifestError({self.file.name!r}, {self.path!r}, {self.message!r})"
@@ -90,6 +94,17 @@ class ManifestErrors(Exception):
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# The longest duration anything takes: ten years. Beyond it, date arithmetic (now + retention)
+# would overflow, and no policy needs it.
+MAX_DURATION_DAYS = 3650
+MAX_DURATION = MAX_DURATION_DAYS * 86400.0
+# The largest `cost`: a sum over many events stays finite, and the stats stay valid JSON.
+MAX_COST = 1e12
+# What an MCP tool name may be (2025-11-25: SHOULD be 1-128 characters); a name with spaces
+# or control characters at either end is a typo, or worse.
+MAX_TOOL_NAME = 128
+# An HTTP header name (RFC 9110 token).
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def parse_duration(text: str) -> float:
@@ -109,9 +124,10 @@ class _UnsetVariable(Exception):
     pass
 
 
-def expand_env(text: str, environ: Mapping[str, str]) -> str:
+def expand_env(text: str, environ: Mapping[str, str], used: list[str] | None = None) -> str:
     """Expand `${VAR}`, `${VAR:-default}` and `$${` (a literal `${`).
 
+    Every value taken from `environ` is appended to `used`: those are secrets for output.
     Raises `KeyError(name)` for an unset `${VAR}` and `ValueError` for a malformed reference;
     neither carries a value, so both are safe to show.
     """
@@ -124,10 +140,12 @@ def expand_env(text: str, environ: Mapping[str, str]) -> str:
         if name is None:
             raise ValueError("malformed ${...} reference: expected ${NAME} or ${NAME:-default}")
         value = environ.get(name)
-        if default is not None:
-            return value if value else default
+        if default is not None and not value:
+            return default
         if value is None:
             raise KeyError(name)
+        if used is not None:
+            used.append(value)
         return value
 
     return _VAR.sub(replace, text)
@@ -240,6 +258,7 @@ class _Build:
     file: Path
     environ: Mapping[str, str]
     errors: list[ManifestError] = field(default_factory=list)
+    from_env: list[str] = field(default_factory=list)  # every value taken from the environment
 
     def error(self, path: str, message: str) -> None:
         self.errors.append(ManifestError(self.file, path, message))
@@ -248,7 +267,7 @@ class _Build:
         if not isinstance(value, str):
             return value
         try:
-            return expand_env(value, self.environ)
+            return expand_env(value, self.environ, self.from_env)
         except KeyError as exc:
             self.error(path, f"environment variable {exc.args[0]} is not set")
         except ValueError as exc:
@@ -264,6 +283,9 @@ class _Build:
             return None  # the schema's pattern reported it, in the same words
         if positive and seconds <= 0:
             self.error(path, "must be greater than zero")
+            return None
+        if seconds > MAX_DURATION:
+            self.error(path, f"must be at most {MAX_DURATION_DAYS}d, got {value!r}")
             return None
         return seconds
 
@@ -310,13 +332,20 @@ def _policy(b: _Build, where: str, table: dict[str, Any], base: ToolPolicy, tran
                 b.error(f"{where}.forward_key", 'a "header:" forward_key needs transport "http" or "openapi"')
             elif kind != "header" and transport == "openapi":
                 b.error(f"{where}.forward_key", 'transport "openapi" takes only a "header:NAME" forward_key')
+            elif kind == "header" and not _HEADER_NAME.match(arg):
+                b.error(f"{where}.forward_key", "not a valid HTTP header name")
             else:
                 changes["forward_key"] = ForwardKey(cast(Any, kind), arg)
     if isinstance(table.get("key_from"), str) and table["key_from"]:
         changes["key_from"] = table["key_from"]
     cost = table.get("cost")
-    if isinstance(cost, int | float) and not isinstance(cost, bool) and cost >= 0:
-        changes["cost"] = float(cost)
+    if isinstance(cost, int | float) and not isinstance(cost, bool):
+        if not math.isfinite(cost):
+            b.error(f"{where}.cost", "must be a finite number (inf and nan are not prices)")
+        elif cost > MAX_COST:
+            b.error(f"{where}.cost", f"must be at most {MAX_COST:g}")
+        elif cost >= 0:
+            changes["cost"] = float(cost)
     policy = replace(base, **changes)
     if "key_from" in table and policy.key_from is not None:
         if policy.side_effects is False:
@@ -358,6 +387,8 @@ def _build(b: _Build, data: dict[str, Any]) -> ServerSpec | None:
     max_timeout = b.duration("server.max_timeout", server.get("max_timeout", "10m"), positive=True)
     if timeout is not None and max_timeout is not None and "max_timeout" in server and max_timeout < timeout:
         b.error("server.max_timeout", "must not be shorter than server.timeout")
+    _check_launch(b, command, args, env, cwd)
+    _check_http(b, url, headers)
 
     openapi = _openapi(b, server) if transport == "openapi" else {}
     base = ToolPolicy()
@@ -365,10 +396,13 @@ def _build(b: _Build, data: dict[str, Any]) -> ServerSpec | None:
         # The API dedupes on the key itself: every operation forwards it, as key_header.
         base = ToolPolicy(forward_key=ForwardKey("header", server.get("key_header", KEY_HEADER)))
     defaults = _policy(b, "defaults", _table(data.get("defaults")), base, transport)
-    tools = {
-        tool: _policy(b, f"tools.{tool}", _table(table), defaults, transport)
-        for tool, table in _table(data.get("tools")).items()
-    }
+    tools: dict[str, ToolPolicy] = {}
+    for tool, table in _table(data.get("tools")).items():
+        problem = _tool_name_problem(tool)
+        if problem is not None:
+            b.error(f"tools.{tool}", problem)
+            continue
+        tools[tool] = _policy(b, f"tools.{tool}", _table(table), defaults, transport)
     if b.errors:
         return None
     return ServerSpec(
@@ -390,6 +424,7 @@ def _build(b: _Build, data: dict[str, Any]) -> ServerSpec | None:
         sessions=server.get("sessions", "per_principal"),
         defaults=defaults,
         tools=tools,
+        env_values=tuple(dict.fromkeys(v for v in b.from_env if v)),
     )
 
 
@@ -413,6 +448,56 @@ def _openapi(b: _Build, server: dict[str, Any]) -> dict[str, Any]:
         "operations": tuple(_strings(operations)) if operations is not None else None,
         "key_header": server.get("key_header", KEY_HEADER),
     }
+
+
+def _tool_name_problem(name: str) -> str | None:
+    """Why a `[tools.NAME]` key cannot name a tool, or None. The schema refuses ""."""
+    if not name:
+        return None  # the schema's error ("must not be empty")
+    if not name.strip():
+        return "a tool name cannot be blank"
+    if name != name.strip():
+        return "a tool name cannot start or end with whitespace"
+    if escape(name) != name or any(c.isspace() for c in name):
+        return "a tool name cannot contain whitespace or control characters"
+    if len(name) > MAX_TOOL_NAME:
+        return f"a tool name is at most {MAX_TOOL_NAME} characters"
+    return None
+
+
+def _check_launch(
+    b: _Build, command: Any, args: tuple[Any, ...], env: dict[str, Any], cwd: Path | None
+) -> None:
+    """What would only fail when the downstream is started: NUL bytes, bad variable names.
+    Never echoes a value (it may have come from the environment)."""
+    if isinstance(command, str) and "\x00" in command:
+        b.error("server.command", "contains a NUL character")
+    for i, arg in enumerate(args):
+        if isinstance(arg, str) and "\x00" in arg:
+            b.error(f"server.args[{i}]", "contains a NUL character")
+    for name, value in env.items():
+        if not name or "=" in name or "\x00" in name:
+            b.error(f"server.env.{name}", 'a variable name cannot be empty or contain "=" or NUL')
+        elif isinstance(value, str) and "\x00" in value:
+            b.error(f"server.env.{name}", "contains a NUL character")
+
+
+def _check_http(b: _Build, url: Any, headers: dict[str, Any]) -> None:
+    """The expanded URL and headers must be sendable: checked here, not on every call."""
+    if isinstance(url, str):
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # a port that is not a number raises here
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            valid = False
+        if not valid or any(c.isspace() or not c.isprintable() for c in url):
+            b.error("server.url", "not a valid http:// or https:// URL (after ${VAR} expansion)")
+    for name, value in headers.items():
+        if not _HEADER_NAME.match(name):
+            b.error(f"server.headers.{name}", "not a valid HTTP header name")
+        elif isinstance(value, str) and any(c in value for c in "\r\n\x00"):
+            b.error(f"server.headers.{name}", "a header value cannot contain CR, LF or NUL")
 
 
 def _load_file(file: Path, environ: Mapping[str, str]) -> tuple[ServerSpec | None, list[ManifestError]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 KEY_ARGUMENT = "idempotency_key"
 KEY_HEADER = "Idempotency-Key"  # the IETF draft's header: where an OpenAPI downstream gets the key
@@ -64,6 +65,9 @@ class ServerSpec:
     sessions: Literal["per_principal", "shared"] = "per_principal"
     defaults: ToolPolicy = field(default_factory=ToolPolicy)
     tools: dict[str, ToolPolicy] = field(default_factory=dict)  # keyed by downstream tool name
+    # Every value a `${VAR}` took from the environment, wherever it was expanded (url, command,
+    # args, env, cwd, headers): a secret for output purposes.
+    env_values: tuple[str, ...] = ()
 
     def policy_for(self, downstream_name: str) -> ToolPolicy:
         return self.tools.get(downstream_name, self.defaults)
@@ -73,5 +77,13 @@ class ServerSpec:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """Values that must never appear in events, logs or error messages."""
-        return tuple(v for v in (*self.env.values(), *self.headers.values()) if v)
+        """Values that must never appear in events, logs or error messages: whatever came from
+        the environment, every env and header value, and the URL's query and password."""
+        found = [*self.env_values, *self.env.values(), *self.headers.values()]
+        if self.url:
+            try:
+                parts = urlsplit(self.url)
+                found += [parts.query, parts.password or ""]
+            except ValueError:  # the loader refuses such a URL; never fail while hiding secrets
+                found.append(self.url)
+        return tuple(dict.fromkeys(v for v in found if v))
