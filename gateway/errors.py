@@ -9,10 +9,13 @@
     ├── OutcomeUnknown                 409  the call was sent and its outcome never learned
     ├── IdempotencyKeyExpired          410  retention ended, expired = "reject"
     ├── StoreUnavailable               503  fail closed: nothing ran
-    └── DownstreamUnavailable          502  not sent; the key is released
+    ├── DownstreamUnavailable          502  not sent; the key is released
+    └── RateLimited                    429  too many new keys or refusals; nothing stored
 
 Each carries the contract's ``code``, ``http_status`` and a sentence telling the agent what
-to do next. ``server.errors`` turns them into tool results, in one place.
+to do next. ``server.errors`` turns them into tool results, in one place. The sentence is for
+the client: ``StoreUnavailable`` keeps its detail (which names the store) for ``str()``, the
+operator's log and CLI, and shows the client only a fixed sentence.
 """
 
 from __future__ import annotations
@@ -95,11 +98,20 @@ class IdempotencyKeyExpired(GatewayError):
 
 
 class StoreUnavailable(GatewayError):
-    """The store cannot be reached: fail closed."""
+    """The store cannot be reached: fail closed. ``str()`` is the detail, ``message`` the
+    client's sentence (no URL, user, host, port, path or driver text)."""
 
     code = "store_unavailable"
     http_status = 503
     audit_outcome = Outcome.STORE_UNAVAILABLE
+    PUBLIC_MESSAGE: ClassVar[str] = (
+        "The gateway's store is unavailable, so nothing was run. Retry later with the same key."
+    )
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.message = self.PUBLIC_MESSAGE
+        self.detail = detail
 
 
 class NotExecuted(Exception):
@@ -120,6 +132,14 @@ class DownstreamUnavailable(GatewayError, NotExecuted):
     audit_outcome = Outcome.DOWNSTREAM_UNAVAILABLE
 
 
+class RateLimited(GatewayError):
+    """This principal sent more new keys (or refused calls) than its rate allows; nothing stored."""
+
+    code = "rate_limited"
+    http_status = 429
+    audit_outcome = Outcome.INVALID  # never written: a rate-limited call leaves nothing behind
+
+
 ALL_ERRORS: tuple[type[GatewayError], ...] = (
     IdempotencyKeyMissing,
     IdempotencyKeyInvalid,
@@ -130,4 +150,5 @@ ALL_ERRORS: tuple[type[GatewayError], ...] = (
     IdempotencyKeyExpired,
     StoreUnavailable,
     DownstreamUnavailable,
+    RateLimited,
 )

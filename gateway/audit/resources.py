@@ -2,12 +2,15 @@
 
 Every read is scoped to the caller's principal by the store query itself (never filtered
 after the fact), so another principal's key is simply not found: it reads exactly like a
-key never used, byte for byte. Bodies are bounded: the newest ``LIMIT`` events.
+key never used, byte for byte. Bodies are bounded: the newest ``LIMIT`` events. A key or
+tool that no call could have stored (a NUL, a character outside the key alphabet, too long)
+reads the same way, without a query: a database must never see it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -36,6 +39,8 @@ TOOLS_PREFIX = "audit://tools/"
 MIME = "application/json"
 LIMIT = 100
 POLICY_PROMPT = "idempotency-policy"
+_STORABLE_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,255}")  # every key any call can have stored
+_MAX_NAME = 255  # the store's column width for tool names
 
 POLICY_TEXT = """\
 How to call side-effecting tools through idem-gateway:
@@ -124,11 +129,15 @@ class AuditResources:
             return await compute_stats(self.store, principal, now=self.clock())
         if uri.startswith(KEYS_PREFIX) and len(uri) > len(KEYS_PREFIX):
             key = unquote(uri[len(KEYS_PREFIX) :])
+            if not _STORABLE_KEY.fullmatch(key):
+                return {"record": None, "events": []}  # exactly what an unused key reads as
             record = await self.store.get(principal, key)
             events = await self._events(EventQuery(principal=principal, key=key, limit=self.limit))
             return {"record": record_view(record), "events": events}
         if uri.startswith(TOOLS_PREFIX) and len(uri) > len(TOOLS_PREFIX):
             tool = unquote(uri[len(TOOLS_PREFIX) :])
+            if "\x00" in tool or len(tool) > _MAX_NAME:
+                return {"events": []}
             query = EventQuery(principal=principal, tool=tool, limit=self.limit)
             return {"events": await self._events(query)}
         raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown resource: {uri}")

@@ -7,6 +7,10 @@
 Both are scoped to the subscriber's principal: a legacy subscription remembers it, and each
 principal gets its own listen bus, so a change to one principal's key ``K`` never wakes another
 principal watching its own ``K``. Changes come from ``Guard.listeners`` (this process only).
+
+Both are bounded: a URI is at most ``MAX_URI_LENGTH`` characters, a connection (or one listen
+stream) watches at most ``MAX_SUBSCRIPTIONS_PER_SESSION`` URIs, and a principal holds at most
+``MAX_LISTEN_STREAMS`` listen streams; a connection's subscriptions go when it closes.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated, ServerEvent
 from mcp.shared.exceptions import MCPError
 
+from gateway.server.limits import MAX_SUBSCRIPTIONS_PER_SESSION, check_uri
+
 logger = logging.getLogger(__name__)
 
 KEYS_PREFIX = "audit://keys/"
-MAX_PER_CONNECTION = 1000
+MAX_PER_CONNECTION = MAX_SUBSCRIPTIONS_PER_SESSION
+MAX_LISTEN_STREAMS = 100  # per principal, on this replica
 NOTIFY_TIMEOUT = 2.0
 
 PrincipalOf = Callable[[ServerRequestContext[Any, Any]], str]
@@ -64,10 +71,15 @@ class Subscriptions:
         self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
     ) -> types.EmptyResult:
         """Honour any URI (one that never changes simply never fires); only audit keys fire."""
+        uri = str(params.uri)
+        check_uri(uri)
         conn = self._connection_of(ctx)
-        if len(conn.uris) >= MAX_PER_CONNECTION:
-            raise MCPError(code=types.INVALID_REQUEST, message=f"at most {MAX_PER_CONNECTION} subscriptions")
-        conn.uris.add(str(params.uri))
+        if uri not in conn.uris and len(conn.uris) >= MAX_PER_CONNECTION:
+            raise MCPError(
+                code=types.INVALID_REQUEST,
+                message=f"at most {MAX_PER_CONNECTION} subscriptions per session: unsubscribe from one first",
+            )
+        conn.uris.add(uri)
         return types.EmptyResult()
 
     async def unsubscribe(
@@ -95,12 +107,24 @@ class Subscriptions:
         self, ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams
     ) -> types.SubscriptionsListenResult:
         """One listen stream, served by the SDK on the caller's own principal's bus."""
+        uris = params.notifications.resource_subscriptions or []
+        if len(uris) > MAX_PER_CONNECTION:
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message=f"at most {MAX_PER_CONNECTION} resource subscriptions per stream",
+            )
+        for uri in uris:
+            check_uri(uri)
         principal = self._principal_of(ctx)
         handler = self._listen.get(principal)
         if handler is None:
             bus = self._buses[principal] = InMemorySubscriptionBus()
-            handler = self._listen[principal] = ListenHandler(bus)
+            handler = self._listen[principal] = ListenHandler(bus, max_subscriptions=MAX_LISTEN_STREAMS)
         return await handler(ctx, params)
+
+    def subscription_count(self) -> int:
+        """Handshake-era subscriptions held now, over every connection (for tests and metrics)."""
+        return sum(len(conn.uris) for conn in self._legacy.values())
 
     # ---- changes -----------------------------------------------------------------------------
 

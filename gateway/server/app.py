@@ -20,7 +20,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 import anyio
@@ -52,6 +52,7 @@ from gateway.server import metrics, names, upstream
 from gateway.server.call_tool import Downstream, call_tool
 from gateway.server.catalog import Catalog
 from gateway.server.exchange import AlreadyDelivered, Exchanges
+from gateway.server.limits import Limits, RateLimiter, check_uri
 from gateway.server.results import as_mcp_error, for_client, unknown_tool
 from gateway.server.upstreams import Upstreams
 from gateway.store.base import Store
@@ -144,8 +145,11 @@ class Gateway:
         clock: Callable[[], datetime] | None = None,
         secret: bytes | None = None,
         connect_wait: float = 2.0,
+        limits: Limits | None = None,
     ) -> None:
         self.specs = list(specs)
+        self.limits = limits or Limits()  # security hook: gateway.server.limits
+        self.rate_limiter = RateLimiter(self.limits.rate)
         self.store = store
         self.principal = principal
         self.sweep_interval = sweep_interval
@@ -236,6 +240,10 @@ class Gateway:
                 deleted = await self.store.purge(self.clock())
                 if deleted:
                     logger.info("swept %d expired records", deleted)
+                if self.limits.audit_retention is not None:  # security hook: audit retention
+                    before = self.clock() - timedelta(seconds=self.limits.audit_retention)
+                    if dropped := await self.store.purge_events(before):
+                        logger.info("dropped %d audit events older than the audit retention", dropped)
             except StoreUnavailable as exc:  # the sweeper must outlive a store outage
                 logger.error("sweep failed: %s", exc)
             except SecretError as exc:  # a configuration error: stop serving rather than guess
@@ -355,6 +363,7 @@ class Gateway:
                 guard=self.guard,
                 audit=self.record,
                 fingerprint=self.fingerprint,
+                rate_limiter=self.rate_limiter,
             )
 
         identity = (
@@ -392,6 +401,7 @@ class Gateway:
     ) -> dict[str, Any]:
         uri = str(params.uri)
         principal = self._principal(ctx)
+        check_uri(uri)  # security hook: bounded URIs
         for provider in self.providers:
             if provider.handles(uri):
                 return for_client(ctx, await provider.read(principal, uri))

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from jsonschema import exceptions as jsonschema_exceptions
 
+from gateway.audit.bounds import bound_arguments, event_key
 from gateway.downstream.errors import DownstreamError, DownstreamRejected
 from gateway.errors import GatewayError, InvalidArguments, StoreUnavailable
 from gateway.idempotency.fingerprint import Fingerprinter
@@ -21,10 +22,12 @@ from gateway.idempotency.guard import Attempt, Guard, Intent
 from gateway.idempotency.keys import extract_key, forwards_key
 from gateway.server.catalog import ExposedTool
 from gateway.server.errors import refusal_result
+from gateway.server.limits import RateLimitedLog, RateLimiter
 from gateway.server.results import is_final, jsonrpc_error
 from gateway.store.records import Event
 
 logger = logging.getLogger(__name__)
+_store_log = RateLimitedLog(logger)  # a store outage refuses every call: one line per interval
 
 REDACTED = "***"
 
@@ -47,10 +50,10 @@ AuditSink = Callable[[Event], Awaitable[None]]
 
 
 def redact(arguments: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
-    """Arguments as the audit trail may keep them."""
+    """Arguments as the audit trail may keep them: masked, then bounded in size."""
     if not fields:
-        return dict(arguments)
-    return {k: (REDACTED if k in fields else v) for k, v in arguments.items()}
+        return bound_arguments(arguments)
+    return bound_arguments({k: (REDACTED if k in fields else v) for k, v in arguments.items()})
 
 
 def _non_finite(value: Any, path: str = "") -> str | None:
@@ -98,6 +101,7 @@ async def call_tool(
     guard: Guard,
     audit: AuditSink,
     fingerprint: Fingerprinter,
+    rate_limiter: RateLimiter | None = None,
 ) -> dict[str, Any]:
     """Run one call through the gateway and return the CallToolResult dict the client gets."""
     timeout = tool.spec.timeout
@@ -115,6 +119,8 @@ async def call_tool(
             return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
 
     policy = tool.policy
+    if rate_limiter is not None and (limited := rate_limiter.take(principal)) is not None:
+        return refusal_result(limited)  # nothing stored, not audited: a flood leaves no trace
     try:
         keyed = extract_key(
             arguments,
@@ -155,7 +161,9 @@ async def call_tool(
     try:
         return await guard.run(intent, execute, is_final=is_final)
     except StoreUnavailable as error:
-        logger.error("store unavailable, refusing %s: %s", tool.name, error)
+        # The client gets the code and a fixed sentence; the detail (which names the store)
+        # is for the operator, once per interval.
+        _store_log.log(logging.ERROR, "store", "store unavailable, refusing calls: %s", error)
         return refusal_result(error)
     except GatewayError as error:
         return refusal_result(error)
@@ -178,18 +186,19 @@ async def _record_refusal(
     *,
     at: datetime,
 ) -> None:
-    key = arguments.get("idempotency_key")
+    stored, malformed = event_key(arguments.get("idempotency_key"))
+    detail: dict[str, Any] = {"code": error.code} | ({"malformed_key": malformed} if malformed else {})
     event = Event(
         at=at,
         principal=principal,
-        key=key if isinstance(key, str) and len(key) <= 255 else None,
+        key=stored,
         server=tool.spec.name,
         tool=tool.name,
         outcome=error.audit_outcome,
         arguments=redact({k: v for k, v in arguments.items() if k != "idempotency_key"}, tool.policy.redact),
-        detail={"code": error.code},
+        detail=detail,
     )
     try:
         await audit(event)
     except StoreUnavailable as exc:
-        logger.error("could not record a refusal: %s", exc)
+        _store_log.log(logging.ERROR, "store", "could not record a refusal: %s", exc)

@@ -112,6 +112,9 @@ class AuditLog(Protocol):
     ) -> list[tuple[str, str, int, float]]:
         """(tool, outcome, count, sum of cost) for events at or after ``since``."""
 
+    async def purge_events(self, before: datetime) -> int:
+        """Delete audit events older than ``before`` (the audit retention). Returns rows deleted."""
+
 
 class Store(RecordStore, AuditLog, Protocol):
     """What the gateway opens: both halves, on one database."""

@@ -281,6 +281,12 @@ class MemoryStore:
                 counts[(e.tool, e.outcome)] = (n + 1, cost + (e.cost or 0.0))
         return [(tool, outcome, n, cost) for (tool, outcome), (n, cost) in sorted(counts.items())]
 
+    async def purge_events(self, before: datetime) -> int:
+        kept = [e for e in self.log if e.at >= before]
+        dropped = len(self.log) - len(kept)
+        self.log[:] = kept
+        return dropped
+
 
 def _lease_alive(record: Record, now: datetime) -> bool:
     return record.lease_expires_at is not None and record.lease_expires_at > now

@@ -1162,6 +1162,22 @@ class SqlStore:
         with self._read() as conn:
             return int(conn.execute(stmt).scalar_one())
 
+    async def purge_events(self, before: datetime, *, batch: int = 5000) -> int:
+        """Delete audit events older than ``before`` (the audit retention), in batches."""
+        return await self._call(self._purge_events, before, batch)
+
+    def _purge_events(self, before: datetime, batch: int) -> int:
+        oldest = select(_E.id).where(_E.at < bindparam("before")).limit(bindparam("batch"))
+        stmt = delete(EVENTS).where(_E.id.in_(oldest.scalar_subquery()))
+        params = {"before": _us(before), "batch": batch}
+        deleted = 0
+        while True:  # one short transaction per batch: writers are never blocked for long
+            with self._write() as conn:
+                count = conn.execute(stmt, params).rowcount
+            deleted += count
+            if count < batch:
+                return deleted
+
 
 def _driver(pooled: Any) -> Any:
     """The driver's own connection under SQLAlchemy's pool proxy (attributes set on the proxy
