@@ -10,6 +10,10 @@ gateway listens only on loopback and the SDK's DNS-rebinding protection (Host an
 be loopback) keeps web pages in the user's browser out. With tokens it may listen anywhere;
 the token, which a browser page cannot know, is the protection.
 
+Limits (``gateway.server.http_limits``): a header timeout and a connection cap bound what a
+client can hold before its token is even read; a principal holds at most so many sessions;
+accept failures and other client-triggered warnings are logged once per interval.
+
 Replicas: 2026-07-28 requests carry no session and work on any replica. Handshake-era clients
 get an ``Mcp-Session-Id`` that only the replica which issued it knows, unless ``stateless``:
 then each of their requests is served on its own too (no standalone SSE stream, so no
@@ -25,7 +29,9 @@ import hmac
 import ipaddress
 import logging
 import re
+import resource
 import socket
+import stat
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -50,6 +56,14 @@ from gateway import __version__
 from gateway.server import metrics
 from gateway.server.app import PRINCIPAL_SCOPE_KEY
 from gateway.server.audit_page import audit_routes, with_audit_assets
+from gateway.server.http_limits import (
+    Listener,
+    SdkSessions,
+    SessionCap,
+    bounded_protocol,
+    install_log_rate_limits,
+)
+from gateway.server.limits import Limits
 
 if TYPE_CHECKING:
     from gateway.server.app import Gateway
@@ -63,6 +77,8 @@ GRACEFUL_SHUTDOWN_SECONDS = 5
 LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
 LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# Descriptors kept free for everything but client connections: downstreams, the store, logs.
+FD_HEADROOM = 64
 
 
 class HttpRefused(Exception):
@@ -86,6 +102,7 @@ class Tokens:
         """Lines ``principal = "<sha256 hex>"`` (or a list of them, to rotate a token)."""
         path = Path(path)
         try:
+            _check_mode(path)
             table = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise HttpRefused(f"cannot read the tokens file {path}: {exc.strerror or exc}") from None
@@ -96,6 +113,7 @@ class Tokens:
     @classmethod
     def parse(cls, table: Mapping[str, Any], *, source: str = "tokens") -> Tokens:
         digests: list[tuple[bytes, str]] = []
+        owner: dict[bytes, str] = {}
         for principal, value in table.items():
             values = value if isinstance(value, list) else [value]
             if not principal or not values:
@@ -106,7 +124,15 @@ class Tokens:
                         f"{source}: {principal}: expected the SHA-256 hex of a token (64 hex digits), "
                         'e.g. printf %s "$TOKEN" | sha256sum'
                     )
-                digests.append((bytes.fromhex(digest), principal))
+                raw = bytes.fromhex(digest)
+                first = owner.setdefault(raw, principal)
+                if first != principal:
+                    raise HttpRefused(
+                        f"{source}: {first} and {principal} list the same token hash: a token must name "
+                        "one principal (otherwise whoever holds it acts as the first one listed)"
+                    )
+                if (raw, principal) not in digests:
+                    digests.append((raw, principal))
         if not digests:
             raise HttpRefused(f'{source}: no tokens: add a line principal = "<sha256 hex of its token>"')
         return cls(tuple(digests))
@@ -119,6 +145,24 @@ class Tokens:
             if hmac.compare_digest(presented, digest) and found is None:
                 found = principal
         return found
+
+
+def _check_mode(path: Path) -> None:
+    """Refuse a tokens file others can write (they could add a principal); warn if they can read
+    it (a weak token can be found from its hash)."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise HttpRefused(
+            f"the tokens file {path} is writable by other users, who could add a principal: "
+            f"chmod go-w {path} (0600 is best)"
+        )
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        logger.warning(
+            "the tokens file %s is readable by other users (mode %o): a weak token can be found from "
+            "its hash; chmod 600 it",
+            path,
+            stat.S_IMODE(mode),
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -222,7 +266,8 @@ def build_app(
     stateless: bool = False,
     max_body_size: int = DEFAULT_MAX_REQUEST_BODY_SIZE,
 ) -> ASGIApp:
-    """The whole HTTP face: /mcp from the SDK, /healthz and /metrics from here, auth around all."""
+    """The whole HTTP face: /mcp from the SDK, /healthz and /metrics from here, auth around all,
+    and at most ``gateway.limits.sessions_per_principal`` sessions per principal."""
     security = security_settings(host)
     host_check = TransportSecurityMiddleware(security)
 
@@ -235,7 +280,8 @@ def build_app(
             return refusal
         return Response(gateway.metrics.render(), media_type=metrics.CONTENT_TYPE)
 
-    app = gateway.server().streamable_http_app(
+    server = gateway.server()
+    app = server.streamable_http_app(
         streamable_http_path=MCP_PATH,
         stateless_http=stateless,
         max_request_body_size=max_body_size,
@@ -247,7 +293,10 @@ def build_app(
             *audit_routes(gateway, security=security),  # /audit/api/*: the audit page's JSON
         ],
     )
-    return with_audit_assets(BearerAuth(app, tokens=tokens, default_principal=gateway.principal))
+    sessions = None if stateless else SdkSessions(server.session_manager)
+    limits = getattr(gateway, "limits", None) or Limits()
+    capped = SessionCap(app, sessions, per_principal=limits.sessions_per_principal, path=MCP_PATH)
+    return with_audit_assets(BearerAuth(capped, tokens=tokens, default_principal=gateway.principal))
 
 
 # ---- serving ---------------------------------------------------------------------------------
@@ -267,7 +316,7 @@ def _listen(host: str, port: int) -> socket.socket:
         family, kind, proto, _, address = socket.getaddrinfo(
             host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
-        sock = socket.socket(family, kind, proto)
+        sock: socket.socket = Listener(family, kind, proto)
     except OSError as exc:
         raise HttpRefused(f"cannot listen on {host}:{port}: {exc}") from None
     try:
@@ -295,12 +344,16 @@ async def serve_http(
     """
     tokens = preflight(host, tokens_file)
     app = build_app(gateway, host=host, tokens=tokens, stateless=stateless, max_body_size=max_body_size)
+    limits = getattr(gateway, "limits", None) or Limits()
+    install_log_rate_limits()
     config = uvicorn.Config(
         app,
         log_config=None,  # the CLI's logging: stderr, one format
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        http=bounded_protocol(limits.header_timeout),
+        limit_concurrency=connection_cap(limits.max_connections),
     )
     server = _Uvicorn(config)
     sock = _listen(host, port)
@@ -327,6 +380,23 @@ async def serve_http(
             with anyio.CancelScope(shield=True):
                 await server.serve(sockets=[sock])
             tg.cancel_scope.cancel()
+
+
+def connection_cap(wanted: int) -> int:
+    """``wanted``, or fewer if the descriptor limit would run out first (then the cap answers
+    503 before accept fails)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    room = max(8, soft - FD_HEADROOM if soft > 2 * FD_HEADROOM else soft // 2)
+    if room < wanted:
+        logger.warning(
+            "the descriptor limit (%d) leaves room for %d connections, not %d: raise it (ulimit -n) for more",
+            soft,
+            room,
+            wanted,
+        )
+    return min(wanted, room)
 
 
 def _authority(sock: socket.socket) -> str:
