@@ -1,4 +1,7 @@
-"""``idem-gateway check``: every manifest error at once, then every downstream's exposed tools."""
+"""``idem-gateway check``: every manifest error at once, then every downstream's exposed tools.
+
+Tool names come from the downstreams: everything printed goes through ``gateway.textsafe``.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,13 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from gateway.audit.redaction import install_secret_filter
 from gateway.downstream import DownstreamPool
 from gateway.downstream.openapi import OpenAPISession
 from gateway.manifests import ManifestErrors, load_manifests
 from gateway.manifests.loader import check_exposed_names
 from gateway.server.catalog import Catalog, ExposedTool
+from gateway.textsafe import escape
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -21,7 +26,8 @@ def _fmt_seconds(seconds: float) -> str:
 
 
 def table(rows: list[list[str]]) -> str:
-    """Aligned columns for people."""
+    """Aligned columns for people; every cell escaped, so no cell can break its row."""
+    rows = [[escape(cell) for cell in row] for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
@@ -55,10 +61,11 @@ async def run_check(folder: Path, *, start_timeout: float = 20.0) -> int:
         specs = load_manifests(folder)
     except ManifestErrors as errors:
         for error in errors.errors:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {escape(str(error))}", file=sys.stderr)
         print(f"{len(errors.errors)} error(s) in {folder}", file=sys.stderr)
         return 1
 
+    install_secret_filter(s for spec in specs for s in spec.secrets)
     problems: list[str] = []
     warnings: list[str] = []
     async with DownstreamPool(specs, startup_timeout=start_timeout) as pool:
@@ -83,9 +90,9 @@ async def run_check(folder: Path, *, start_timeout: float = 20.0) -> int:
         review = review_table(catalog.all())
     print(review)
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {escape(warning)}", file=sys.stderr)
     for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {escape(problem)}", file=sys.stderr)
     if problems:
         print(f"{len(problems)} error(s)", file=sys.stderr)
         return 1

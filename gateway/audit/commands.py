@@ -2,6 +2,10 @@
 
 Tables for people, ``--json`` for scripts; the JSON of ``audit stats --principal P`` is the
 body of that principal's ``audit://stats``. Exit 0 when done, 1 with a sentence on stderr.
+
+None of these commands creates a store: a missing SQLite file is an error that says so. Every
+value printed for people went through ``gateway.textsafe.escape``: a key or tool name sent by
+a client cannot drive the operator's terminal (JSON output is escaped by the encoder).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +28,10 @@ from gateway.audit.stats import WINDOWS, compute_stats
 from gateway.audit.views import event_view, record_view
 from gateway.check import table
 from gateway.errors import StoreUnavailable
+from gateway.localfiles import StoreFileError, require_store
 from gateway.store import Event, EventQuery, RecordState, Store, open_store
 from gateway.store.cipher import CipherError
+from gateway.textsafe import escape
 
 SHOW_LIMIT = 1000
 START_TIMEOUT = 20.0
@@ -35,21 +42,32 @@ class CommandError(Exception):
 
 
 def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {escape(message)}", file=sys.stderr)
     return 1
 
 
 @asynccontextmanager
 async def _store(url: str) -> AsyncIterator[Store]:
+    """An existing store, as it is: never created, never migrated (``open`` is for ``serve``)."""
+    try:
+        require_store(url)
+    except StoreFileError as exc:
+        raise CommandError(str(exc)) from None
     try:
         store = open_store(url)
     except CipherError as exc:
         raise CommandError(str(exc)) from None
-    await store.open()
     try:
         yield store
     finally:
         await store.close()
+
+
+def _refuse_nul(**values: str | None) -> None:
+    """A NUL cannot be in any key, tool or principal; a database would refuse the query."""
+    for name, value in values.items():
+        if value is not None and "\x00" in value:
+            raise CommandError(f"the {name} contains a NUL character: no such {name} can exist")
 
 
 def _print_json(body: Any) -> None:
@@ -57,13 +75,14 @@ def _print_json(body: Any) -> None:
 
 
 def _fmt(value: Any) -> str:
+    """One table cell: what was stored, with control characters shown as escapes."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return str(value)
+        return escape(json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+    return escape(str(value))
 
 
 def _events_table(events: list[dict[str, Any]]) -> str:
@@ -101,6 +120,7 @@ async def run_audit(args: argparse.Namespace) -> int:
 async def _events(store: Store, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise CommandError("--limit must be at least 1")
+    _refuse_nul(key=args.key, tool=args.tool, outcome=args.outcome, principal=args.principal)
     query = EventQuery(
         principal=args.principal, key=args.key, tool=args.tool, outcome=args.outcome, limit=args.limit
     )
@@ -115,6 +135,7 @@ async def _events(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _show(store: Store, args: argparse.Namespace) -> int:
+    _refuse_nul(key=args.key, principal=args.principal)
     record = await store.get(args.principal, args.key)
     events = await store.events(EventQuery(principal=args.principal, key=args.key, limit=SHOW_LIMIT))
     if record is None and not events:
@@ -125,7 +146,7 @@ async def _show(store: Store, args: argparse.Namespace) -> int:
         _print_json({"record": view, "events": shown})
         return 0
     if view is None:
-        print(f"key {args.key}: no record (released, purged or never stored); its events:")
+        print(f"key {escape(args.key)}: no record (released, purged or never stored); its events:")
     else:
         print(table([[name.upper(), _fmt(value)] for name, value in view.items()]))
     if events:
@@ -135,11 +156,12 @@ async def _show(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _stats(store: Store, args: argparse.Namespace) -> int:
+    _refuse_nul(principal=args.principal)
     stats = await compute_stats(store, args.principal, now=store.now())
     if args.json:
         _print_json(stats)
         return 0
-    scope = f"principal {args.principal}" if args.principal else "all principals"
+    scope = f"principal {escape(args.principal)}" if args.principal else "all principals"
     print(f"{scope}, all time")
     print(_stats_text(stats))
     print(f"unknown outcomes open: {stats['unknown_open']}")
@@ -152,9 +174,9 @@ async def _stats(store: Store, args: argparse.Namespace) -> int:
 
 def _stats_text(stats: dict[str, Any]) -> str:
     outcomes = sorted(stats["by_outcome"])
-    rows = [["TOOL", *(o.upper() for o in outcomes)]]
+    rows = [["TOOL", *(escape(o.upper()) for o in outcomes)]]
     for tool, counts in stats["by_tool"].items():
-        rows.append([tool, *(str(counts.get(o, 0)) for o in outcomes)])
+        rows.append([escape(tool), *(str(counts.get(o, 0)) for o in outcomes)])
     rows.append(["(all)", *(str(stats["by_outcome"][o]) for o in outcomes)])
     lines = [table(rows)] if outcomes else ["no events"]
     lines.append(f"duplicates prevented: {stats['duplicates_prevented']}")
@@ -201,6 +223,7 @@ def _load_result(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 async def _resolve(store: Store, args: argparse.Namespace, result: dict[str, Any] | None) -> int:
+    _refuse_nul(key=args.key, principal=args.principal)
     record = await store.get(args.principal, args.key)
     if record is None:
         raise CommandError(f"no such key {args.key!r} for principal {args.principal!r}")
@@ -237,9 +260,9 @@ async def _resolve(store: Store, args: argparse.Namespace, result: dict[str, Any
             "away): nothing was settled; look at it again with `idem-gateway audit show`"
         )
     if result is None:
-        print(f"resolved {args.key} as failed: the key is released, a retry executes")
+        print(f"resolved {escape(args.key)} as failed: the key is released, a retry executes")
     else:
-        print(f"resolved {args.key} as completed: a retry replays the given result")
+        print(f"resolved {escape(args.key)} as completed: a retry replays the given result")
     return 0
 
 
@@ -251,8 +274,11 @@ async def _output_schema(manifests: str, server: str, tool: str) -> dict[str, An
     def skip(why: str) -> None:
         print(f"warning: {why}; the result is not checked against the tool's outputSchema", file=sys.stderr)
 
+    from gateway.audit.redaction import install_secret_filter
+
     try:
         specs = [s for s in load_manifests(manifests) if s.name == server]
+        install_secret_filter(secret for spec in specs for secret in spec.secrets)
     except ManifestErrors as errors:
         skip(f"the manifests in {manifests} do not load ({len(errors.errors)} error(s))")
         return None
@@ -268,7 +294,7 @@ async def _output_schema(manifests: str, server: str, tool: str) -> dict[str, An
         listed = {spec.tool_prefix + str(t.get("name")): t for t in session.tools}
     found = listed.get(tool)
     if found is None:
-        skip(f"the downstream {server!r} does not offer {tool!r}")
+        skip(f"the downstream {escape(server)!r} does not offer {escape(tool)!r}")
         return None
     schema = found.get("outputSchema")
     return schema if isinstance(schema, dict) else None
@@ -289,10 +315,13 @@ def _check_output(result: dict[str, Any], schema: dict[str, Any]) -> None:
 
 
 async def run_purge(args: argparse.Namespace) -> int:
+    retention = getattr(args, "audit_retention", None)
     try:
         async with _store(args.store) as store:
-            deleted = await store.purge(store.now())
-    except StoreUnavailable as exc:
+            now = store.now()
+            deleted = await store.purge(now)
+            dropped = 0 if retention is None else await store.purge_events(now - timedelta(seconds=retention))
+    except (StoreUnavailable, CommandError) as exc:
         return _fail(str(exc))
-    print(f"purged {deleted} expired record(s)")
+    print(f"purged {deleted} expired record(s) and {dropped} audit event(s) past the audit retention")
     return 0
