@@ -1,0 +1,214 @@
+"""Items 4 and 5 (HTTP): slow, many or hostile clients cannot take the server down.
+
+Real ``serve --transport http`` processes on loopback. Slow connections that trickle their
+headers are cut by the header timeout while a valid client keeps working; past the
+connection cap new requests get 503 at once; under a low descriptor limit the accept loop
+logs one line per interval, not hundreds of thousands; a principal at its session cap loses
+its oldest idle session to a new one, or gets 429 when all are busy. Every loop is bounded
+in count and in time.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import httpx2
+import pytest
+from mcp.server.streamable_http import StreamableHTTPServerTransport
+
+from tests.http.kit import INITIALIZE, MCP_HEADERS, WAIT, bearer, free_port, http_gateway, serve_argv
+from tests.http.kit import _stop as stop_process
+from tests.http.kit import _wait_healthy, write_tokens
+from tests.support import Setup
+
+LEGACY = "2025-11-25"
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    made = Setup(tmp_path, f"sqlite:///{tmp_path / 'gateway.db'}")
+    made.manifest()
+    return made
+
+
+async def _slow_client(port: int, cut: list[bytes], *, max_bytes: int = 400, interval: float = 0.1) -> None:
+    """Trickle a request head one byte at a time until the server closes the connection
+    (bounded: ``max_bytes`` bytes, one every ``interval`` seconds). Records what it read."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * max_bytes
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        for byte in head[:max_bytes]:
+            try:
+                await stream.send(bytes([byte]))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                break
+            with anyio.move_on_after(interval):
+                answer = await _read_all(stream)
+                cut.append(answer)
+                return
+        cut.append(b"")  # never cut: the test fails on it
+
+
+async def _read_all(stream: anyio.abc.SocketStream) -> bytes:
+    data = b""
+    try:
+        while True:
+            data += await stream.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+        return data
+
+
+async def test_slow_headers_are_cut_by_the_header_timeout_while_a_valid_client_keeps_working(setup: Setup) -> None:
+    slow = 50
+    async with http_gateway(setup, "--header-timeout", "1") as gw:
+        cut: list[bytes] = []
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                for _ in range(slow):
+                    tg.start_soon(_slow_client, gw.port, cut)
+                async with gw.client("alice") as client:
+                    for _ in range(5):
+                        listed = await client.call_tool("list_invoices", {})
+                        assert not listed.is_error
+    assert len(cut) == slow
+    assert all(answer.startswith(b"HTTP/1.1 408") for answer in cut), {a[:40] for a in cut}
+
+
+async def test_past_the_connection_cap_new_requests_get_503_until_connections_close(setup: Setup) -> None:
+    cap = 10
+    async with http_gateway(setup, "--max-connections", str(cap), "--header-timeout", "60") as gw:
+        with anyio.fail_after(WAIT):
+            idle = [await anyio.connect_tcp("127.0.0.1", gw.port) for _ in range(cap)]
+            try:
+                refused = await gw.get("/healthz")
+            finally:
+                for stream in idle:
+                    await stream.aclose()
+            assert refused.status_code == 503
+            while (await gw.get("/healthz")).status_code != 200:  # the server notices the closes
+                await anyio.sleep(0.05)
+
+
+@asynccontextmanager
+async def _low_fd_gateway(setup: Setup, limit: int) -> AsyncIterator[tuple[int, Path]]:
+    """The gateway under ``RLIMIT_NOFILE = limit`` (soft and hard), set before it starts."""
+    port = free_port()
+    log = setup.tmp / "low-fd.log"
+    argv = serve_argv(setup, port, "--tokens", str(write_tokens(setup.tmp / "tokens.toml")))
+    launcher = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit})); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    with log.open("wb") as errlog:
+        process = await anyio.open_process([sys.executable, "-c", launcher, *argv], stderr=errlog, cwd=setup.tmp)
+        try:
+            from tests.http.kit import HttpGateway
+
+            await _wait_healthy(HttpGateway(process, port, log))
+            yield port, log
+        finally:
+            await stop_process(process)
+
+
+async def test_out_of_descriptors_the_accept_loop_logs_once_per_interval_and_recovers(setup: Setup) -> None:
+    async with _low_fd_gateway(setup, limit=128) as (port, log):
+        with anyio.fail_after(WAIT):
+            flood = []
+            try:
+                for _ in range(300):  # more than the gateway has descriptors for
+                    flood.append(await anyio.connect_tcp("127.0.0.1", port))
+                while "out of system resource" not in log.read_text():  # noqa: ASYNC110 - the gateway's log
+                    await anyio.sleep(0.05)
+                # The window in which an unthrottled accept loop writes thousands of lines (the
+                # bug: over 10,000 a second); throttled, it is one line per 10 s.
+                await anyio.sleep(3)
+                logged = log.read_text()
+            finally:
+                for stream in flood:
+                    await stream.aclose()
+            async with httpx2.AsyncClient(timeout=5.0) as http:
+                while True:
+                    try:
+                        if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                            break
+                    except httpx2.TransportError:
+                        pass
+                    await anyio.sleep(0.1)
+    assert logged.count("out of system resource") <= 2, logged.count("out of system resource")
+    assert len(logged.splitlines()) < 200, len(logged.splitlines())
+
+
+async def _open_session(http: httpx2.AsyncClient, url: str) -> tuple[int, str | None]:
+    response = await http.post(url, json=INITIALIZE, headers={**MCP_HEADERS, **bearer("alice")})
+    session = response.headers.get("mcp-session-id")
+    if session is not None:
+        await http.post(
+            url,
+            json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+            headers={**MCP_HEADERS, **bearer("alice"), "mcp-session-id": session, "mcp-protocol-version": LEGACY},
+        )
+    return response.status_code, session
+
+
+async def _ping(http: httpx2.AsyncClient, url: str, session: str) -> int:
+    headers = {**MCP_HEADERS, **bearer("alice"), "mcp-session-id": session, "mcp-protocol-version": LEGACY}
+    response = await http.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "ping"}, headers=headers)
+    return response.status_code
+
+
+async def test_a_principal_at_its_session_cap_loses_its_oldest_idle_session_or_gets_429(setup: Setup) -> None:
+    async with http_gateway(setup, "--sessions-per-principal", "2") as gw:
+        async with httpx2.AsyncClient(timeout=WAIT) as http, anyio.create_task_group() as tg:
+            with anyio.fail_after(WAIT):
+                first = await _open_session(http, gw.url)
+                second = await _open_session(http, gw.url)
+                third = await _open_session(http, gw.url)
+                assert [first[0], second[0], third[0]] == [200, 200, 200]
+                assert first[1] and second[1] and third[1]
+                while await _ping(http, gw.url, first[1]) != 404:  # the oldest idle one was ended
+                    await anyio.sleep(0.05)
+                assert await _ping(http, gw.url, second[1]) == 200
+
+                # Both remaining sessions busy (each holds its GET stream open): a new one is refused.
+                streaming = anyio.Event()
+                opened: list[int] = []
+
+                async def hold_stream(session: str) -> None:
+                    headers = {
+                        "Accept": "text/event-stream",
+                        **bearer("alice"),
+                        "mcp-session-id": session,
+                        "mcp-protocol-version": LEGACY,
+                    }
+                    async with http.stream("GET", gw.url, headers=headers) as response:
+                        opened.append(response.status_code)
+                        if len(opened) == 2:
+                            streaming.set()
+                        await anyio.sleep_forever()
+
+                tg.start_soon(hold_stream, second[1])
+                tg.start_soon(hold_stream, third[1])
+                await streaming.wait()
+                assert opened == [200, 200]
+                refused = await _open_session(http, gw.url)
+                assert refused[0] == 429 and refused[1] is None
+                tg.cancel_scope.cancel()
+
+
+def test_the_sdk_session_internals_the_cap_reads_are_still_there() -> None:
+    """Fails loudly when the SDK moves what ``SdkSessions`` reads (see gateway/server/http_limits.py)."""
+    from mcp.server import Server
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+    from gateway.server.http_limits import SdkSessions
+
+    sessions = SdkSessions(StreamableHTTPSessionManager(Server("x")))
+    assert sessions.of("anyone") == []
+    transport = StreamableHTTPServerTransport(mcp_session_id="s", idle_timeout=60)
+    assert transport._requests_in_flight == 0 and SdkSessions.idle(transport)
+    assert hasattr(transport, "idle_scope")
