@@ -97,7 +97,9 @@ class RawGateway:
 
     # ---- JSON-RPC ----------------------------------------------------------------------------
 
-    def request(self, method: str, params: dict[str, Any] | None = None, timeout: float = WAIT) -> dict[str, Any]:
+    def request(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float = WAIT
+    ) -> dict[str, Any]:
         self._next_id += 1
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": self._next_id, "method": method}
         if params is not None:

@@ -57,7 +57,9 @@ def test_uris_are_capped_in_length_and_subscriptions_in_number(sqlite_setup: Set
         for i in range(MAX_SUBSCRIPTIONS_PER_SESSION):
             assert "result" in gateway.request("resources/subscribe", {"uri": f"audit://keys/key-{i:016d}"})
         # Subscribing again to one it has is fine; one more is refused.
-        assert "result" in gateway.request("resources/subscribe", {"uri": "audit://keys/key-0000000000000000"})
+        assert "result" in gateway.request(
+            "resources/subscribe", {"uri": "audit://keys/key-0000000000000000"}
+        )
         over = gateway.request("resources/subscribe", {"uri": "audit://keys/one-too-many-0000"})
         assert over.get("error", {}).get("code") == INVALID_REQUEST, over
         assert gateway.alive()
@@ -70,7 +72,9 @@ def test_a_refused_call_with_huge_arguments_leaves_a_small_event(sqlite_setup: S
         for _ in range(5):  # no key: refused, and audited
             reply = gateway.call_tool("create_invoice", {"customer": "acme", "amount": 1, "memo": huge})
             assert error_code_of(reply) == "idempotency_key_missing"
-        events = json.loads(gateway.request("resources/read", {"uri": "audit://events"})["result"]["contents"][0]["text"])
+        events = json.loads(
+            gateway.request("resources/read", {"uri": "audit://events"})["result"]["contents"][0]["text"]
+        )
     assert len(events["events"]) == 5
     memo = events["events"][0]["arguments"]["memo"]
     digest = hashlib.sha256(huge.encode()).hexdigest()
@@ -101,9 +105,20 @@ async def test_purge_events_deletes_only_events_older_than_the_cutoff(store_url:
     await store.open()
     try:
         now = datetime.now(UTC)
-        for age_days, key in ((100, "old-key-000000001"), (91, "old-key-000000002"), (1, "new-key-000000001")):
+        for age_days, key in (
+            (100, "old-key-000000001"),
+            (91, "old-key-000000002"),
+            (1, "new-key-000000001"),
+        ):
             await store.append_event(
-                Event(at=now - timedelta(days=age_days), principal="p", key=key, server="s", tool="t", outcome="x")
+                Event(
+                    at=now - timedelta(days=age_days),
+                    principal="p",
+                    key=key,
+                    server="s",
+                    tool="t",
+                    outcome="x",
+                )
             )
         assert await store.purge_events(now - timedelta(days=90)) == 2
         left = await store.events(EventQuery(principal="p"))
@@ -117,7 +132,9 @@ async def test_purge_drops_audit_events_past_the_retention(sqlite_setup: Setup) 
     store = SqlStore(sqlite_setup.store)
     await store.open()
     now = datetime.now(UTC)
-    await store.append_event(Event(at=now - timedelta(days=2), principal="p", key=None, server="s", tool="t", outcome="x"))
+    await store.append_event(
+        Event(at=now - timedelta(days=2), principal="p", key=None, server="s", tool="t", outcome="x")
+    )
     await store.close()
     ran = await run_cli("purge", "--store", sqlite_setup.store, "--audit-retention", "1d")
     assert ran.code == 0 and "and 1 audit event(s)" in ran.stdout, ran.stderr
@@ -129,10 +146,14 @@ async def test_a_principal_over_its_rate_is_refused_with_rate_limited_and_nothin
     async with sqlite_setup.client("--rate-limit", "3/h") as client:
         with anyio.fail_after(30):
             for _ in range(3):
-                ok = await client.call_tool("create_invoice", {"customer": "a", "amount": 1, "idempotency_key": new_key()})
+                ok = await client.call_tool(
+                    "create_invoice", {"customer": "a", "amount": 1, "idempotency_key": new_key()}
+                )
                 assert not ok.is_error
             stored = await sqlite_setup.record_count()
-            limited = await client.call_tool("create_invoice", {"customer": "a", "amount": 1, "idempotency_key": new_key()})
+            limited = await client.call_tool(
+                "create_invoice", {"customer": "a", "amount": 1, "idempotency_key": new_key()}
+            )
             after = await sqlite_setup.record_count()
             read_only = await client.call_tool("list_invoices", {})
     error = (limited.meta or {})["idem-gateway/error"]

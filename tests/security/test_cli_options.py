@@ -63,13 +63,19 @@ async def test_bad_values_get_a_usage_error_not_a_traceback(argv: list[str], exp
 @pytest.mark.parametrize(
     ("env", "argv", "expected"),
     [
-        ({"IDEM_GATEWAY_LEASE_TTL": "abc"}, ["serve"], "IDEM_GATEWAY_LEASE_TTL='abc': expected a number of seconds"),
+        (
+            {"IDEM_GATEWAY_LEASE_TTL": "abc"},
+            ["serve"],
+            "IDEM_GATEWAY_LEASE_TTL='abc': expected a number of seconds",
+        ),
         ({"IDEM_GATEWAY_RATE_LIMIT": "9/fortnight"}, ["serve"], "IDEM_GATEWAY_RATE_LIMIT='9/fortnight'"),
         ({"IDEM_GATEWAY_STATELESS": "maybe"}, ["serve"], "IDEM_GATEWAY_STATELESS='maybe': expected 1/true"),
         ({"IDEM_GATEWAY_LOG_LEVEL": "\x1b[2J"}, ["purge"], "IDEM_GATEWAY_LOG_LEVEL='\\\\x1b[2J'"),
     ],
 )
-async def test_a_bad_environment_value_is_named_in_a_sentence(env: dict[str, str], argv: list[str], expected: str) -> None:
+async def test_a_bad_environment_value_is_named_in_a_sentence(
+    env: dict[str, str], argv: list[str], expected: str
+) -> None:
     ran = await run_cli(*argv, env=env)
     assert ran.code == 2 and expected in ran.stderr and "Traceback" not in ran.stderr
     assert "\x1b" not in ran.stderr

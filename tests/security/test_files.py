@@ -35,7 +35,9 @@ async def test_serve_creates_the_state_directory_0700_and_the_store_0600(tmp_pat
     try:
         async with logged_gateway(setup, tmp_path / "gateway.log") as client:
             with anyio.fail_after(WAIT):
-                done = await client.call_tool("create_invoice", {"customer": "a", "amount": 1, "idempotency_key": new_key()})
+                done = await client.call_tool(
+                    "create_invoice", {"customer": "a", "amount": 1, "idempotency_key": new_key()}
+                )
                 assert outcome(done) == "executed"
                 files = sorted(state.iterdir())
                 modes = {p.name: _mode(p) for p in files}
@@ -85,7 +87,17 @@ async def test_serve_refuses_a_writable_tokens_file_and_warns_on_a_readable_one(
     setup = Setup(tmp_path, f"sqlite:///{tmp_path / 'gateway.db'}")
     setup.manifest()
     line = [f'alice = "{_digest("a-token-0123456789")}"']
-    argv = ["serve", "--transport", "http", "--port", "0", "--manifests", str(setup.manifests), "--store", setup.store]
+    argv = [
+        "serve",
+        "--transport",
+        "http",
+        "--port",
+        "0",
+        "--manifests",
+        str(setup.manifests),
+        "--store",
+        setup.store,
+    ]
     writable = await run_cli(*argv, "--tokens", str(_tokens(tmp_path / "w.toml", line, 0o666)), cwd=tmp_path)
     assert writable.code == 1 and "writable by other users" in writable.stderr
     # Readable: a warning, then it serves (stopped here by an unusable store, to stay short).

@@ -40,7 +40,9 @@ def _item_metas(items: list[Any]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_forged_gateway_meta_and_server_info_are_stripped_on_every_result(setup: Setup, mode: str) -> None:
+async def test_forged_gateway_meta_and_server_info_are_stripped_on_every_result(
+    setup: Setup, mode: str
+) -> None:
     async with setup.client(mode=mode) as client:
         with anyio.fail_after(WAIT):
             peek = await client.call_tool("peek", {"note": "x"})

@@ -21,9 +21,18 @@ import httpx2
 import pytest
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 
-from tests.http.kit import INITIALIZE, MCP_HEADERS, WAIT, bearer, free_port, http_gateway, serve_argv
+from tests.http.kit import (
+    INITIALIZE,
+    MCP_HEADERS,
+    WAIT,
+    _wait_healthy,
+    bearer,
+    free_port,
+    http_gateway,
+    serve_argv,
+    write_tokens,
+)
 from tests.http.kit import _stop as stop_process
-from tests.http.kit import _wait_healthy, write_tokens
 from tests.support import Setup
 
 LEGACY = "2025-11-25"
@@ -62,7 +71,9 @@ async def _read_all(stream: anyio.abc.SocketStream) -> bytes:
         return data
 
 
-async def test_slow_headers_are_cut_by_the_header_timeout_while_a_valid_client_keeps_working(setup: Setup) -> None:
+async def test_slow_headers_are_cut_by_the_header_timeout_while_a_valid_client_keeps_working(
+    setup: Setup,
+) -> None:
     slow = 50
     async with http_gateway(setup, "--header-timeout", "1") as gw:
         cut: list[bytes] = []
@@ -89,7 +100,8 @@ async def test_past_the_connection_cap_new_requests_get_503_until_connections_cl
                 for stream in idle:
                     await stream.aclose()
             assert refused.status_code == 503
-            while (await gw.get("/healthz")).status_code != 200:  # the server notices the closes
+            # The server notices the closes in its own time: poll, bounded by fail_after.
+            while (await gw.get("/healthz")).status_code != 200:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
 
 
@@ -105,7 +117,9 @@ async def _low_fd_gateway(setup: Setup, limit: int) -> AsyncIterator[tuple[int, 
         "os.execv(sys.argv[1], sys.argv[1:])"
     )
     with log.open("wb") as errlog:
-        process = await anyio.open_process([sys.executable, "-c", launcher, *argv], stderr=errlog, cwd=setup.tmp)
+        process = await anyio.open_process(
+            [sys.executable, "-c", launcher, *argv], stderr=errlog, cwd=setup.tmp
+        )
         try:
             from tests.http.kit import HttpGateway
 
@@ -150,7 +164,12 @@ async def _open_session(http: httpx2.AsyncClient, url: str) -> tuple[int, str | 
         await http.post(
             url,
             json={"jsonrpc": "2.0", "method": "notifications/initialized"},
-            headers={**MCP_HEADERS, **bearer("alice"), "mcp-session-id": session, "mcp-protocol-version": LEGACY},
+            headers={
+                **MCP_HEADERS,
+                **bearer("alice"),
+                "mcp-session-id": session,
+                "mcp-protocol-version": LEGACY,
+            },
         )
     return response.status_code, session
 
@@ -170,7 +189,8 @@ async def test_a_principal_at_its_session_cap_loses_its_oldest_idle_session_or_g
                 third = await _open_session(http, gw.url)
                 assert [first[0], second[0], third[0]] == [200, 200, 200]
                 assert first[1] and second[1] and third[1]
-                while await _ping(http, gw.url, first[1]) != 404:  # the oldest idle one was ended
+                # The oldest idle session ends as its task unwinds: poll, bounded by fail_after.
+                while await _ping(http, gw.url, first[1]) != 404:  # noqa: ASYNC110
                     await anyio.sleep(0.05)
                 assert await _ping(http, gw.url, second[1]) == 200
 

@@ -32,15 +32,27 @@ def _errors(tmp_path: Path, text: str, environ: dict[str, str] | None = None) ->
         ("[defaults]\nretention = '4000000d'", "p.toml: defaults.retention: must be at most 3650d"),
         ("[tools.t]\nwait = '99999999999999999999d'", "p.toml: tools.t.wait: must be at most 3650d"),
         ("timeout = '3651d'", "p.toml: server.timeout: must be at most 3650d"),
-        ("timeout = '2h'\n[defaults]\nretention = '1h'", "p.toml: defaults.retention: shorter than the server's timeout (2h)"),
-        ("[tools.t]\nretention = '10s'", "p.toml: tools.t.retention: shorter than the server's timeout (30s)"),
+        (
+            "timeout = '2h'\n[defaults]\nretention = '1h'",
+            "p.toml: defaults.retention: shorter than the server's timeout (2h)",
+        ),
+        (
+            "[tools.t]\nretention = '10s'",
+            "p.toml: tools.t.retention: shorter than the server's timeout (30s)",
+        ),
         ("[tools.t]\ncost = inf", "p.toml: tools.t.cost: must be a finite number"),
         ("[tools.t]\ncost = nan", "p.toml: tools.t.cost: must be a finite number"),
         ("[defaults]\ncost = -inf", "p.toml: defaults.cost: must be a finite number"),
         ("[tools.t]\ncost = 1e300", "p.toml: tools.t.cost: must be at most 1e+12"),
         ('[tools."  "]\nside_effects = true', "p.toml: tools.  : a tool name cannot be blank"),
-        ('[tools." t"]\nside_effects = true', "p.toml: tools. t: a tool name cannot start or end with whitespace"),
-        ('[tools."a\\u001b[2Jb"]\nside_effects = true', "p.toml: tools.a\\x1b[2Jb: a tool name cannot contain"),
+        (
+            '[tools." t"]\nside_effects = true',
+            "p.toml: tools. t: a tool name cannot start or end with whitespace",
+        ),
+        (
+            '[tools."a\\u001b[2Jb"]\nside_effects = true',
+            "p.toml: tools.a\\x1b[2Jb: a tool name cannot contain",
+        ),
         (f'[tools."{"t" * 129}"]\nside_effects = true', "a tool name is at most 128 characters"),
         ('[tools.""]\nside_effects = true', "p.toml: tools: must not be empty"),
         ('args = ["a\\u0000b"]', "p.toml: server.args[0]: contains a NUL character"),
@@ -56,12 +68,23 @@ def test_values_that_would_fail_later_are_load_errors(tmp_path: Path, text: str,
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("headers = { 'Bad Header' = 'x' }", "p.toml: server.headers.Bad Header: not a valid HTTP header name"),
-        ("headers = { X = '${MULTI}' }", "p.toml: server.headers.X: a header value cannot contain CR, LF or NUL"),
-        ("[tools.t]\nforward_key = 'header:Idem Key'", "p.toml: tools.t.forward_key: not a valid HTTP header name"),
+        (
+            "headers = { 'Bad Header' = 'x' }",
+            "p.toml: server.headers.Bad Header: not a valid HTTP header name",
+        ),
+        (
+            "headers = { X = '${MULTI}' }",
+            "p.toml: server.headers.X: a header value cannot contain CR, LF or NUL",
+        ),
+        (
+            "[tools.t]\nforward_key = 'header:Idem Key'",
+            "p.toml: tools.t.forward_key: not a valid HTTP header name",
+        ),
     ],
 )
-def test_http_values_that_would_fail_on_every_call_are_load_errors(tmp_path: Path, text: str, expected: str) -> None:
+def test_http_values_that_would_fail_on_every_call_are_load_errors(
+    tmp_path: Path, text: str, expected: str
+) -> None:
     errors = _errors(tmp_path, HTTP_HEAD + text + "\n", {"MULTI": "line1\r\nInjected: yes"})
     assert any(expected in e for e in errors), errors
     assert not any("Injected" in e for e in errors)  # an expanded value is never echoed

@@ -48,7 +48,9 @@ def test_every_expanded_value_is_a_secret_wherever_it_was_expanded(tmp_path: Pat
         "BEARER": "bearer-1c2d",
     }
     secrets = {spec.name: set(spec.secrets) for spec in load_manifests(tmp_path, environ)}
-    assert {"/srv/bin-9c8d", "tok-5e6f7a", str(tmp_path / "work-a1b2"), "value-kept-secret"} <= secrets["payments"]
+    assert {"/srv/bin-9c8d", "tok-5e6f7a", str(tmp_path / "work-a1b2"), "value-kept-secret"} <= secrets[
+        "payments"
+    ]
     assert "plain" not in secrets["payments"]
     assert {"api.internal.example", "querykey-0a9b", "Bearer bearer-1c2d", "bearer-1c2d"} <= secrets["api"]
 
@@ -57,7 +59,10 @@ async def test_a_secret_in_a_downstream_url_query_never_reaches_the_log(tmp_path
     setup = Setup(tmp_path, f"sqlite:///{tmp_path / 'gateway.db'}")
     log = tmp_path / "gateway.log"
     async with http_downstream(setup) as url:
-        _write(setup, f"[server]\nname = 'payments'\ntransport = 'http'\nurl = '{url}?api_key=${{PAYMENTS_API_KEY}}'\n")
+        _write(
+            setup,
+            f"[server]\nname = 'payments'\ntransport = 'http'\nurl = '{url}?api_key=${{PAYMENTS_API_KEY}}'\n",
+        )
         env = {"PAYMENTS_API_KEY": API_KEY, "IDEM_GATEWAY_LOG_LEVEL": "DEBUG"}
         async with logged_gateway(setup, log, env=env) as client:
             with anyio.fail_after(WAIT):

@@ -36,7 +36,9 @@ def _assert_error(reply: dict[str, object], code: int, request_id: object = None
 def test_a_line_longer_than_the_limit_gets_a_parse_error_and_the_gateway_keeps_serving(setup: Setup) -> None:
     with RawGateway(setup) as gateway:
         gateway.handshake()
-        too_long = b'{"jsonrpc":"2.0","id":7,"method":"ping","params":{"pad":"' + b"x" * MAX_MESSAGE_BYTES + b'"}}'
+        too_long = (
+            b'{"jsonrpc":"2.0","id":7,"method":"ping","params":{"pad":"' + b"x" * MAX_MESSAGE_BYTES + b'"}}'
+        )
         gateway.send(too_long + b"\n")
         _assert_error(gateway.read_message(), PARSE_ERROR)
         assert gateway.alive()

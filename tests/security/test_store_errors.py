@@ -20,14 +20,18 @@ WAIT = 60.0
 UNREACHABLE = "postgresql+psycopg://secretuser:hunter2@127.0.0.1:1/secretdb"
 
 
-async def test_store_unavailable_tells_the_client_the_code_and_nothing_about_the_store(tmp_path: Path) -> None:
+async def test_store_unavailable_tells_the_client_the_code_and_nothing_about_the_store(
+    tmp_path: Path,
+) -> None:
     setup = Setup(tmp_path, UNREACHABLE)
     setup.manifest()
     log = tmp_path / "gateway.log"
     async with logged_gateway(setup, log, "--store-timeout", "1") as client:
         with anyio.fail_after(WAIT):
             results = [
-                await client.call_tool("create_invoice", {"customer": "a", "amount": 1, "idempotency_key": new_key()})
+                await client.call_tool(
+                    "create_invoice", {"customer": "a", "amount": 1, "idempotency_key": new_key()}
+                )
                 for _ in range(3)
             ]
     for result in results:
@@ -55,7 +59,9 @@ async def test_a_nul_or_newline_in_a_key_is_refused_as_invalid_before_the_store_
     with RawGateway(setup) as gateway:
         gateway.handshake()
         for bad in BAD_KEYS:
-            by_argument = gateway.call_tool("create_invoice", {"customer": "a", "amount": 1, "idempotency_key": bad})
+            by_argument = gateway.call_tool(
+                "create_invoice", {"customer": "a", "amount": 1, "idempotency_key": bad}
+            )
             by_meta = gateway.call_tool(
                 "create_invoice", {"customer": "a", "amount": 1}, meta={"idem-gateway/idempotency-key": bad}
             )
@@ -66,9 +72,13 @@ async def test_a_nul_or_newline_in_a_key_is_refused_as_invalid_before_the_store_
             read = gateway.request("resources/read", {"uri": uri})
             body = json.loads(read["result"]["contents"][0]["text"])
             assert body in ({"record": None, "events": []}, {"events": []}), body
-        events = json.loads(gateway.request("resources/read", {"uri": "audit://events"})["result"]["contents"][0]["text"])
+        events = json.loads(
+            gateway.request("resources/read", {"uri": "audit://events"})["result"]["contents"][0]["text"]
+        )
         assert gateway.alive()
     assert setup.executions("create_invoice") == [] and setup.executions("consume_message") == []
-    assert all(e["key"] is None for e in events["events"])  # refusals are audited, the bad keys are not stored
+    assert all(
+        e["key"] is None for e in events["events"]
+    )  # refusals are audited, the bad keys are not stored
     assert len(events["events"]) == 3 * len(BAD_KEYS)
     assert "Traceback" not in gateway.log.read_text()

@@ -17,7 +17,9 @@ from tests.security.hostile_server import EVIL_NAME
 from tests.security.kit import RawGateway, error_code_of, hostile_manifest, run_cli
 from tests.support import Setup, new_key
 
-ATTACK_KEY = "\x1b[2J\x1b]0;pwned\x07\r\n2099-01-01T00:00:00Z  root  forged-key  create_invoice  executed\u202e"
+ATTACK_KEY = (
+    "\x1b[2J\x1b]0;pwned\x07\r\n2099-01-01T00:00:00Z  root  forged-key  create_invoice  executed\u202e"
+)
 CONTROL = ("\x1b", "\x07", "\x9b", "\u202e", "\r")
 
 
@@ -46,7 +48,9 @@ def setup(tmp_path: Path) -> Setup:
 async def test_keys_and_tool_names_full_of_escapes_are_printed_escaped_everywhere(setup: Setup) -> None:
     with RawGateway(setup, env={"IDEM_GATEWAY_LOG_LEVEL": "DEBUG"}) as gateway:
         gateway.handshake()
-        refused = gateway.call_tool("create_invoice", {"customer": "acme", "amount": 1, "idempotency_key": ATTACK_KEY})
+        refused = gateway.call_tool(
+            "create_invoice", {"customer": "acme", "amount": 1, "idempotency_key": ATTACK_KEY}
+        )
         assert error_code_of(refused) == "idempotency_key_invalid"
         evil = gateway.call_tool(EVIL_NAME, {"note": "x", "idempotency_key": new_key()})
         assert error_code_of(evil) is None, evil
