@@ -163,3 +163,35 @@ async def test_a_principal_over_its_rate_is_refused_with_rate_limited_and_nothin
     assert after == stored  # no record, no event
     assert len(sqlite_setup.executions("create_invoice")) == 3
     assert not read_only.is_error  # read-only tools take no token
+
+
+async def test_a_sessions_subscriptions_are_released_when_it_closes(sqlite_setup: Setup) -> None:
+    """In-process (the count is not visible from outside): subscribe, close, nothing is kept."""
+    import warnings
+
+    from mcp import Client
+
+    from gateway.audit.resources import install
+    from gateway.audit.subscriptions import Subscriptions
+    from gateway.manifests import load_manifests
+    from gateway.server.app import Gateway
+    from gateway.store import open_store
+
+    gateway = Gateway(load_manifests(sqlite_setup.manifests), open_store(sqlite_setup.store))
+    install(gateway)
+    (subscriptions,) = [
+        getattr(listener, "__self__", None)
+        for listener in gateway.guard.listeners
+        if isinstance(getattr(listener, "__self__", None), Subscriptions)
+    ]
+    assert isinstance(subscriptions, Subscriptions)
+    with anyio.fail_after(60):
+        async with gateway.running():
+            for _ in range(2):
+                async with Client(gateway.server(), mode="legacy", cache=None) as client:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # subscribe_resource is the legacy era's API
+                        for i in range(MAX_SUBSCRIPTIONS_PER_SESSION):
+                            await client.subscribe_resource(f"audit://keys/key-{i:016d}")
+                    assert subscriptions.subscription_count() == MAX_SUBSCRIPTIONS_PER_SESSION
+                await wait_for(lambda: subscriptions.subscription_count() == 0, timeout=30)
