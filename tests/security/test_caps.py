@@ -18,12 +18,13 @@ import anyio
 import pytest
 from sqlalchemy import create_engine, text
 
-from gateway.server.limits import MAX_SUBSCRIPTIONS_PER_SESSION, MAX_URI_LENGTH
 from gateway.store import Event, EventQuery
 from gateway.store.sql import SqlStore
 from tests.security.kit import RawGateway, error_code_of, run_cli
 from tests.support import Setup, new_key, wait_for
 
+MAX_URI_LENGTH = 8192  # gateway.server.limits
+MAX_SUBSCRIPTIONS_PER_SESSION = 100
 INVALID_PARAMS = -32602
 INVALID_REQUEST = -32600
 

@@ -34,7 +34,6 @@ from hypothesis import strategies as st
 
 from gateway.errors import ALL_ERRORS
 from gateway.manifests import ManifestErrors, load_manifests
-from gateway.manifests.loader import MAX_COST, MAX_DURATION
 from tests.security.kit import RawGateway
 from tests.support import Setup, executions
 
@@ -272,6 +271,8 @@ manifests = st.fixed_dictionaries(
 
 
 def _sane(tmp: Path) -> None:
+    from gateway.manifests.loader import MAX_COST, MAX_DURATION
+
     try:
         specs = load_manifests(tmp, {"HOME": "/home/x", "H": "bad host"})
     except ManifestErrors as errors:

@@ -13,7 +13,6 @@ from pathlib import Path
 import anyio
 
 from gateway.audit.redaction import SecretFilter
-from gateway.cli import configure_logging
 from gateway.manifests import load_manifests
 from tests.http.test_http import http_downstream
 from tests.security.kit import logged_gateway, run_cli
@@ -94,6 +93,8 @@ async def test_a_missing_command_is_reported_without_its_expanded_path(tmp_path:
 
 
 def test_http_client_libraries_never_log_request_urls_at_info_or_debug() -> None:
+    from gateway.cli import configure_logging
+
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))
     try:

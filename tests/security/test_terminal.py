@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.textsafe import escape
 from tests.security.hostile_server import EVIL_NAME
 from tests.security.kit import RawGateway, error_code_of, hostile_manifest, run_cli
 from tests.support import Setup, new_key
@@ -29,6 +28,8 @@ def _clean(text: str) -> None:
 
 
 def test_escape_shows_every_control_format_and_separator_character() -> None:
+    from gateway.textsafe import escape
+
     assert escape("plain key 0123-abc") == "plain key 0123-abc"
     assert escape("a\x1b[2Jb") == "a\\x1b[2Jb"
     assert escape("line\nbreak\ttab\x7f\x9b") == "line\\x0abreak\\x09tab\\x7f\\x9b"
@@ -46,6 +47,7 @@ def setup(tmp_path: Path) -> Setup:
 
 
 async def test_keys_and_tool_names_full_of_escapes_are_printed_escaped_everywhere(setup: Setup) -> None:
+    shown_name = "evil\\x1b]0;pwned\\x07\\x1b[2J\\u202eexe.gpj"  # EVIL_NAME, escaped
     with RawGateway(setup, env={"IDEM_GATEWAY_LOG_LEVEL": "DEBUG"}) as gateway:
         gateway.handshake()
         refused = gateway.call_tool(
@@ -66,8 +68,8 @@ async def test_keys_and_tool_names_full_of_escapes_are_printed_escaped_everywher
     rows = events.stdout.strip().splitlines()
     assert len(rows) == 3, events.stdout  # the header and the two events: no forged row
     assert "forged-key" not in events.stdout  # a malformed key is not kept as a key
-    assert escape(EVIL_NAME) in events.stdout and escape(EVIL_NAME) in stats.stdout
-    assert escape(EVIL_NAME) in checked.stdout
+    assert shown_name in events.stdout and shown_name in stats.stdout
+    assert shown_name in checked.stdout
 
     shown = await run_cli("audit", "show", ATTACK_KEY, "--store", setup.store)
     _clean(shown.stdout + shown.stderr)

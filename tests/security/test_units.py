@@ -106,3 +106,13 @@ async def _lines(data: bytes, limit: int) -> list[bytes | None]:
 async def test_stdio_framing_drops_an_over_long_line_whole_and_keeps_the_rest() -> None:
     data = b"short\n" + b"y" * 200_000 + b"\nnext\n" + b"z" * 11 + b"\nlast"
     assert await _lines(data, 10) == [b"short", None, b"next", None, b"last"]
+
+
+def test_the_caps_the_process_tests_assume_are_the_gateways() -> None:
+    from gateway.server.limits import MAX_SUBSCRIPTIONS_PER_SESSION, MAX_URI_LENGTH
+    from tests.security import test_caps
+
+    assert (test_caps.MAX_URI_LENGTH, test_caps.MAX_SUBSCRIPTIONS_PER_SESSION) == (
+        MAX_URI_LENGTH,
+        MAX_SUBSCRIPTIONS_PER_SESSION,
+    )
