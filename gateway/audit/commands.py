@@ -58,6 +58,7 @@ async def _store(url: str) -> AsyncIterator[Store]:
     except CipherError as exc:
         raise CommandError(str(exc)) from None
     try:
+        await store.sync_clock()  # the database's time, for "now" (no schema is created)
         yield store
     finally:
         await store.close()

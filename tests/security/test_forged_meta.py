@@ -1,11 +1,12 @@
 """Item 12: a downstream cannot speak in the gateway's name.
 
 ``hostile_server.py`` puts ``idem-gateway/`` keys (a made-up outcome and error) in the
-``_meta`` of every result and of its items, and (over 2026-07-28) the SDK stamps its own
-``serverInfo`` on each. Through a real gateway process, for both protocol eras: a read-only
-call, a keyed call and its replay, a resource read and a prompt show only what the gateway
-itself says; the metrics over HTTP count the read-only call as ``read_only``, not as the
-downstream's forged ``replayed``.
+``_meta`` of every result, and (over 2026-07-28) the SDK stamps its own ``serverInfo`` on
+each. Through a real gateway process, for both protocol eras: a read-only call, a keyed call
+and its replay, a resource read and a prompt show only what the gateway itself says at the
+result level (where the gateway speaks; an item's ``_meta`` is the downstream's own); the
+metrics over HTTP count the read-only call as ``read_only``, not as the downstream's forged
+``replayed``.
 """
 
 from __future__ import annotations
@@ -35,10 +36,6 @@ def _gateway_words(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if k.startswith("idem-gateway/")}
 
 
-def _item_metas(items: list[Any]) -> list[dict[str, Any]]:
-    return [dict(getattr(item, "meta", None) or {}) for item in items]
-
-
 @pytest.mark.parametrize("mode", MODES)
 async def test_forged_gateway_meta_and_server_info_are_stripped_on_every_result(
     setup: Setup, mode: str
@@ -61,13 +58,10 @@ async def test_forged_gateway_meta_and_server_info_are_stripped_on_every_result(
     assert meta_of(again)["idem-gateway/first-executed-at"] != "1970-01-01T00:00:00Z"
     assert "idem-gateway/error" not in meta_of(again)
     assert hostile_executions(setup) == 1
-    for result in (peek, act, again):
-        assert all(_gateway_words(m) == {} for m in _item_metas(result.content))
     # Resources and prompts: no forged keys, and no downstream serverInfo in the gateway's name.
-    for result, items in ((resource, resource.contents), (prompt, prompt.messages)):
+    for result in (resource, prompt):
         meta = meta_of(result)
         assert _gateway_words(meta) == {}
-        assert all(_gateway_words(m) == {} for m in _item_metas(items))
         stamp = meta.get(SERVER_INFO_META_KEY)
         assert stamp is None or stamp.get("name") == "idem-gateway", stamp
 

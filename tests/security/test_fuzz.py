@@ -284,7 +284,8 @@ def _sane(tmp: Path) -> None:
             for seconds in (p.retention, p.wait):
                 assert math.isfinite(seconds) and 0 <= seconds <= MAX_DURATION
             assert now + timedelta(seconds=p.retention) > now  # never overflows
-            assert p.retention >= spec.timeout
+            if p.side_effects is not False:  # a read-only tool keeps no record
+                assert p.retention >= spec.timeout
             assert p.cost is None or (math.isfinite(p.cost) and 0 <= p.cost <= MAX_COST)
         assert 0 < spec.timeout <= MAX_DURATION
         for name in spec.tools:

@@ -1,7 +1,7 @@
 """Item 9: a manifest value that would load and then fail every call is a load error instead.
 
 Durations past ten years (date arithmetic would overflow), a retention shorter than the
-timeout, ``cost = inf`` or ``nan`` (TOML allows both), blank or control-character tool names,
+timeout plus the lease, ``cost = inf`` or ``nan`` (TOML allows both), blank or control-character tool names,
 and values that only break when the downstream is started or called (a NUL in an argument, a
 header name that is not a token, a URL that ``${VAR}`` expansion made invalid). Each error
 names the file and the path, and never echoes a value expanded from the environment.
@@ -34,11 +34,11 @@ def _errors(tmp_path: Path, text: str, environ: dict[str, str] | None = None) ->
         ("timeout = '3651d'", "p.toml: server.timeout: must be at most 3650d"),
         (
             "timeout = '2h'\n[defaults]\nretention = '1h'",
-            "p.toml: defaults.retention: shorter than the server's timeout (2h)",
+            "p.toml: defaults.retention: must be at least the server's timeout plus the lease",
         ),
         (
             "[tools.t]\nretention = '10s'",
-            "p.toml: tools.t.retention: shorter than the server's timeout (30s)",
+            "p.toml: tools.t.retention: must be at least the server's timeout plus the lease",
         ),
         ("[tools.t]\ncost = inf", "p.toml: tools.t.cost: must be a finite number"),
         ("[tools.t]\ncost = nan", "p.toml: tools.t.cost: must be a finite number"),
@@ -98,9 +98,9 @@ def test_a_url_made_invalid_by_expansion_is_refused_without_echoing_it(tmp_path:
 
 def test_a_maximal_but_sane_manifest_loads(tmp_path: Path) -> None:
     (tmp_path / "p.toml").write_text(
-        HEAD + "timeout = '3650d'\n[defaults]\nretention = '3650d'\nwait = '3650d'\ncost = 1e12\n"
+        HEAD + "timeout = '3649d'\n[defaults]\nretention = '3650d'\nwait = '3650d'\ncost = 1e12\n"
         "[tools.'name.with/slashes-and_underscores']\nside_effects = true\n"
     )
     (spec,) = load_manifests(tmp_path, {})
-    assert spec.timeout == spec.defaults.retention == 3650 * 86400.0
+    assert (spec.timeout, spec.defaults.retention) == (3649 * 86400.0, 3650 * 86400.0)
     assert spec.defaults.cost == 1e12

@@ -1,5 +1,5 @@
 """The pure parts of the defences, one behaviour each: the rate limiter's bucket, the throttled
-log, bounded event arguments, stripping a downstream's forged meta, stdio line framing."""
+log, bounded event arguments, stdio line framing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 
 from gateway.audit.bounds import MAX_TOTAL, MAX_VALUE, TRUNCATED, bound_arguments, event_key
 from gateway.server.limits import MAX_PRINCIPALS_TRACKED, Rate, RateLimitedLog, RateLimiter
-from gateway.server.sanitize import from_downstream
 from gateway.server.stdio import read_lines
 
 
@@ -83,17 +82,6 @@ def test_a_malformed_key_is_kept_as_escaped_evidence_not_as_a_key() -> None:
     assert event_key("\x1b[2J" + "k" * 16) == (None, "\\x1b[2J" + "k" * 16)
     assert event_key("k" * 16 + "\n") == (None, "k" * 16 + "\\x0a")
     assert event_key(42) == (None, None)
-
-
-def test_forged_gateway_meta_is_stripped_and_other_meta_kept() -> None:
-    result = {
-        "content": [{"type": "text", "text": "t", "_meta": {"idem-gateway/outcome": "x", "v/k": 1}}],
-        "_meta": {"idem-gateway/error": {}, "io.modelcontextprotocol/serverInfo": {"name": "d"}, "v/k": 2},
-    }
-    clean = from_downstream(result)
-    assert clean["_meta"] == {"v/k": 2}
-    assert clean["content"][0]["_meta"] == {"v/k": 1}
-    assert result["_meta"]["idem-gateway/error"] == {}  # the input is not modified
 
 
 async def _lines(data: bytes, limit: int) -> list[bytes | None]:
