@@ -86,4 +86,6 @@ class ServerSpec:
                 found += [parts.query, parts.password or ""]
             except ValueError:  # the loader refuses such a URL; never fail while hiding secrets
                 found.append(self.url)
-        return tuple(dict.fromkeys(v for v in found if v))
+        # Longest first: a value that contains another (``Bearer <token>``, ``<token>``) is
+        # masked whole by whoever replaces them in order.
+        return tuple(sorted(dict.fromkeys(v for v in found if v), key=len, reverse=True))
