@@ -369,9 +369,9 @@ def _build(b: _Build, data: dict[str, Any]) -> ServerSpec | None:
         command = sys.executable
     args = tuple(b.expand(f"server.args[{i}]", a) for i, a in enumerate(_list(server.get("args"))))
     env = {k: b.expand(f"server.env.{k}", v) for k, v in _table(server.get("env")).items()}
-    for name in _strings(server.get("env_passthrough")):
-        if name not in env and name in b.environ:
-            env[name] = b.environ[name]  # a secret like any env value (ServerSpec.secrets)
+    for variable in _strings(server.get("env_passthrough")):
+        if variable not in env and variable in b.environ:
+            env[variable] = b.environ[variable]  # a secret like any env value (ServerSpec.secrets)
     headers = {k: b.expand(f"server.headers.{k}", v) for k, v in _table(server.get("headers")).items()}
     url = b.expand("server.url", server.get("url"))
 

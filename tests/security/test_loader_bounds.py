@@ -104,3 +104,12 @@ def test_a_maximal_but_sane_manifest_loads(tmp_path: Path) -> None:
     (spec,) = load_manifests(tmp_path, {})
     assert (spec.timeout, spec.defaults.retention) == (3649 * 86400.0, 3650 * 86400.0)
     assert spec.defaults.cost == 1e12
+
+
+def test_env_passthrough_keeps_the_server_name_and_its_values_are_secrets(tmp_path: Path) -> None:
+    (tmp_path / "p.toml").write_text(
+        "[server]\nname = 'payments'\ncommand = 'python'\nenv_passthrough = ['API_KEY']\n"
+    )
+    (spec,) = load_manifests(tmp_path, {"API_KEY": "passed-through-secret-1234"})
+    assert spec.name == "payments"  # not the name of the last variable passed through
+    assert "passed-through-secret-1234" in spec.secrets
