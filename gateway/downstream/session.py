@@ -77,7 +77,6 @@ MAX_INPUT_ROUNDS: Final = 10  # input_required rounds resolved for a 2025-era cl
 _SAMPLING_RESULT: Final = TypeAdapter(types.CreateMessageResult | types.CreateMessageResultWithTools)
 _ELICIT_RESULT: Final = TypeAdapter(types.ElicitResult)
 _ROOTS_RESULT: Final = TypeAdapter(types.ListRootsResult)
-OWN_PREFIX: Final = "idem-gateway/"
 
 Clock = Callable[[], float]
 Notify = Callable[["DownstreamSession", str, dict[str, Any]], Awaitable[None]]
@@ -97,11 +96,11 @@ def own_meta(result: dict[str, Any]) -> dict[str, Any]:
     """A downstream result as the gateway forwards it: the downstream's ``_meta`` passes, except
     its serverInfo stamp (the client talks to the gateway) and keys under ``idem-gateway/``,
     which only the gateway writes."""
-    meta = result.get("_meta")
-    if not isinstance(meta, dict):
+    found = result.get("_meta")
+    if not isinstance(found, dict):
         return result
-    kept = {k: v for k, v in meta.items() if k != types.SERVER_INFO_META_KEY and not k.startswith(OWN_PREFIX)}
-    if len(kept) == len(meta):
+    kept = {k: v for k, v in meta.strip_ours(found).items() if k != types.SERVER_INFO_META_KEY}
+    if len(kept) == len(found):
         return result
     result = dict(result)
     if kept:
