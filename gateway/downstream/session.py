@@ -745,8 +745,7 @@ class DownstreamSession:
         return result
 
     def _shaped(self, method: str, result: dict[str, Any]) -> dict[str, Any]:
-        """The gateway's ``_meta`` rules, and task ids made the gateway's (``<server>/<id>``)."""
-        result = own_meta(result)
+        """Task ids made the gateway's (``<server>/<id>``); ``_send`` applied the ``_meta`` rules."""
         return result if method == "tasks/result" else tasks.expose(self.name, result)
 
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
@@ -823,7 +822,7 @@ class DownstreamSession:
         try:
             if on_send is not None:
                 on_send()
-            return _foreign(await conn.request(method, params, timeout=timeout, headers=headers))
+            return own_meta(await conn.request(method, params, timeout=timeout, headers=headers))
         except MCPError as exc:
             raise self._translate(conn, exc, wire, timeout) from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError) as exc:
@@ -890,19 +889,6 @@ class DownstreamSession:
         for secret in self.spec.secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def _foreign(result: dict[str, Any]) -> dict[str, Any]:
-    """A downstream's result as the gateway may pass it on: without the downstream's own server
-    identity stamp (the client talks to the gateway) and without any key in the gateway's
-    ``_meta`` namespace (a downstream cannot forge the gateway's words, such as its outcome)."""
-    found = result.get("_meta")
-    if isinstance(found, dict) and (
-        types.SERVER_INFO_META_KEY in found or any(k.startswith(meta.PREFIX) for k in found)
-    ):
-        result = dict(result)
-        result["_meta"] = {k: v for k, v in meta.strip_ours(found).items() if k != types.SERVER_INFO_META_KEY}
-    return result
 
 
 async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
