@@ -44,7 +44,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, TypeAdapter
 
-from gateway import _sdk, meta
+from gateway import __version__, _sdk, meta
 from gateway.downstream import relay, tasks
 from gateway.downstream.errors import (
     BEFORE_EXECUTION_CODES,
@@ -60,7 +60,7 @@ from gateway.manifests.models import ServerSpec
 
 logger = logging.getLogger(__name__)
 
-CLIENT_INFO: Final = types.Implementation(name="idem-gateway", version="0.1.0")
+CLIENT_INFO: Final = types.Implementation(name="idem-gateway", version=__version__)
 _LIST_PAGE_CAP: Final = 100  # a paginator that never ends cannot hang a (re)connect
 _LIST_CHANGED: Final = frozenset(
     {
