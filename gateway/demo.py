@@ -36,9 +36,9 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 
+from gateway import meta
+
 EXAMPLE_SERVER = Path(__file__).resolve().parent.parent / "examples" / "payments_server.py"
-OUTCOME = "idem-gateway/outcome"
-ERROR = "idem-gateway/error"
 CLIENT_TIMEOUT = 0.5  # the agent's patience on the slow call, in seconds
 UNKNOWN_TIMEOUT = "400ms"  # the settlement server's downstream timeout: past it the outcome is unknown
 COSTS = {"create_invoice": 0.30, "send_email": 0.01, "slow_op": 1.00}
@@ -100,11 +100,7 @@ def _manifest(folder: Path, ledger: Path) -> None:
 
 
 def _outcome(result: Any) -> str:
-    meta = dict(result.meta or {})
-    error = meta.get(ERROR)
-    if isinstance(error, dict) and error.get("code"):
-        return str(error["code"])
-    return str(meta.get(OUTCOME) or "read_only")
+    return meta.outcome_of(result.meta) or "read_only"
 
 
 def _ledger(path: Path) -> list[dict[str, Any]]:

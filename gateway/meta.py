@@ -7,6 +7,7 @@ the gateway's word.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -15,6 +16,7 @@ OUTCOME: Final = PREFIX + "outcome"  # "executed" | "replayed"
 FIRST_EXECUTED_AT: Final = PREFIX + "first-executed-at"  # ISO 8601, on a replay
 ERROR: Final = PREFIX + "error"  # {"code", "http_status", "message", ...} on a refusal
 IDEMPOTENCY_KEY: Final = PREFIX + "idempotency-key"  # a programmatic client's key, in params._meta
+HTTP_STATUS: Final = PREFIX + "http-status"  # an OpenAPI downstream's HTTP status
 
 
 def iso(at: datetime) -> str:
@@ -22,6 +24,18 @@ def iso(at: datetime) -> str:
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def outcome_of(meta: Mapping[str, Any] | None) -> str | None:
+    """What the gateway stamped on a result: its outcome (``executed``, ``replayed``) or a refusal's
+    code; ``None`` on a result it did not stamp (a read-only call's)."""
+    if not isinstance(meta, Mapping):
+        return None
+    error = meta.get(ERROR)
+    if isinstance(error, Mapping) and isinstance(error.get("code"), str):
+        return str(error["code"])
+    outcome = meta.get(OUTCOME)
+    return outcome if isinstance(outcome, str) else None
 
 
 def stamped(result: dict[str, Any], **fields: Any) -> dict[str, Any]:

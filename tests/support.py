@@ -21,6 +21,7 @@ import anyio
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
+from gateway import meta
 from tests import node
 
 REPO = Path(__file__).resolve().parent.parent
@@ -224,9 +225,9 @@ def meta_of(result: Any) -> dict[str, Any]:
 
 
 def outcome(result: Any) -> str | None:
-    return meta_of(result).get("idem-gateway/outcome")
+    return meta_of(result).get(meta.OUTCOME)
 
 
 def error_code(result: Any) -> str | None:
-    err = meta_of(result).get("idem-gateway/error")
+    err = meta_of(result).get(meta.ERROR)
     return err.get("code") if isinstance(err, dict) else None

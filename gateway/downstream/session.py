@@ -44,7 +44,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, TypeAdapter
 
-from gateway import _sdk, meta
+from gateway import __version__, _sdk, meta
 from gateway.downstream import relay, tasks
 from gateway.downstream.errors import (
     BEFORE_EXECUTION_CODES,
@@ -60,7 +60,7 @@ from gateway.manifests.models import ServerSpec
 
 logger = logging.getLogger(__name__)
 
-CLIENT_INFO: Final = types.Implementation(name="idem-gateway", version="0.1.0")
+CLIENT_INFO: Final = types.Implementation(name="idem-gateway", version=__version__)
 _LIST_PAGE_CAP: Final = 100  # a paginator that never ends cannot hang a (re)connect
 _LIST_CHANGED: Final = frozenset(
     {
@@ -77,7 +77,6 @@ MAX_INPUT_ROUNDS: Final = 10  # input_required rounds resolved for a 2025-era cl
 _SAMPLING_RESULT: Final = TypeAdapter(types.CreateMessageResult | types.CreateMessageResultWithTools)
 _ELICIT_RESULT: Final = TypeAdapter(types.ElicitResult)
 _ROOTS_RESULT: Final = TypeAdapter(types.ListRootsResult)
-OWN_PREFIX: Final = "idem-gateway/"
 
 Clock = Callable[[], float]
 Notify = Callable[["DownstreamSession", str, dict[str, Any]], Awaitable[None]]
@@ -97,11 +96,11 @@ def own_meta(result: dict[str, Any]) -> dict[str, Any]:
     """A downstream result as the gateway forwards it: the downstream's ``_meta`` passes, except
     its serverInfo stamp (the client talks to the gateway) and keys under ``idem-gateway/``,
     which only the gateway writes."""
-    meta = result.get("_meta")
-    if not isinstance(meta, dict):
+    found = result.get("_meta")
+    if not isinstance(found, dict):
         return result
-    kept = {k: v for k, v in meta.items() if k != types.SERVER_INFO_META_KEY and not k.startswith(OWN_PREFIX)}
-    if len(kept) == len(meta):
+    kept = {k: v for k, v in meta.strip_ours(found).items() if k != types.SERVER_INFO_META_KEY}
+    if len(kept) == len(found):
         return result
     result = dict(result)
     if kept:
@@ -746,8 +745,7 @@ class DownstreamSession:
         return result
 
     def _shaped(self, method: str, result: dict[str, Any]) -> dict[str, Any]:
-        """The gateway's ``_meta`` rules, and task ids made the gateway's (``<server>/<id>``)."""
-        result = own_meta(result)
+        """Task ids made the gateway's (``<server>/<id>``); ``_send`` applied the ``_meta`` rules."""
         return result if method == "tasks/result" else tasks.expose(self.name, result)
 
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
@@ -824,7 +822,7 @@ class DownstreamSession:
         try:
             if on_send is not None:
                 on_send()
-            return _foreign(await conn.request(method, params, timeout=timeout, headers=headers))
+            return own_meta(await conn.request(method, params, timeout=timeout, headers=headers))
         except MCPError as exc:
             raise self._translate(conn, exc, wire, timeout) from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError) as exc:
@@ -891,19 +889,6 @@ class DownstreamSession:
         for secret in self.spec.secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def _foreign(result: dict[str, Any]) -> dict[str, Any]:
-    """A downstream's result as the gateway may pass it on: without the downstream's own server
-    identity stamp (the client talks to the gateway) and without any key in the gateway's
-    ``_meta`` namespace (a downstream cannot forge the gateway's words, such as its outcome)."""
-    found = result.get("_meta")
-    if isinstance(found, dict) and (
-        types.SERVER_INFO_META_KEY in found or any(k.startswith(meta.PREFIX) for k in found)
-    ):
-        result = dict(result)
-        result["_meta"] = {k: v for k, v in meta.strip_ours(found).items() if k != types.SERVER_INFO_META_KEY}
-    return result
 
 
 async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:

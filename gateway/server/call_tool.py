@@ -104,20 +104,47 @@ async def call_tool(
     rate_limiter: RateLimiter | None = None,
 ) -> dict[str, Any]:
     """Run one call through the gateway and return the CallToolResult dict the client gets."""
-    timeout = tool.spec.timeout
     if not tool.side_effects:
-        # Read-only: no key, no record; cancellation flows straight through.
-        try:
-            _check_arguments(tool, arguments)
-            return await session.call_tool(tool.downstream_name, dict(arguments), timeout=timeout)
-        except GatewayError as error:
-            return refusal_result(error)
-        except DownstreamError as exc:
-            # The downstream's own JSON-RPC error reaches the client as it would directly.
-            if (answered := jsonrpc_error(exc, tool.spec.secrets)) is not None:
-                raise answered from None
-            return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
+        return await _read_only(tool, arguments, session)
+    return await _keyed(
+        tool,
+        arguments,
+        meta,
+        principal=principal,
+        session=session,
+        guard=guard,
+        audit=audit,
+        fingerprint=fingerprint,
+    )
 
+
+async def _read_only(tool: ExposedTool, arguments: Mapping[str, Any], session: Downstream) -> dict[str, Any]:
+    """No key, no record: validate and send; cancellation flows straight through."""
+    try:
+        _check_arguments(tool, arguments)
+        return await session.call_tool(tool.downstream_name, dict(arguments), timeout=tool.spec.timeout)
+    except GatewayError as error:
+        return refusal_result(error)
+    except DownstreamError as exc:
+        # The downstream's own JSON-RPC error reaches the client as it would directly.
+        if (answered := jsonrpc_error(exc, tool.spec.secrets)) is not None:
+            raise answered from None
+        return _tool_error(exc)
+
+
+async def _keyed(
+    tool: ExposedTool,
+    arguments: Mapping[str, Any],
+    meta: Mapping[str, Any] | None,
+    *,
+    principal: str,
+    session: Downstream,
+    guard: Guard,
+    audit: AuditSink,
+    fingerprint: Fingerprinter,
+) -> dict[str, Any]:
+    """Key → validate → fingerprint → ``guard.run``: the downstream call runs at most once per key."""
+    timeout = tool.spec.timeout
     policy = tool.policy
     if rate_limiter is not None and (limited := rate_limiter.take(principal)) is not None:
         return refusal_result(limited)  # nothing stored, not audited: a flood leaves no trace
@@ -170,10 +197,11 @@ async def call_tool(
     except DownstreamRejected as exc:
         # Refused before executing (unknown tool, invalid params): the key was released, and
         # the client sees the downstream's answer as the tool error it is.
-        return _rejected(exc)
+        return _tool_error(exc)
 
 
-def _rejected(exc: DownstreamRejected) -> dict[str, Any]:
+def _tool_error(exc: DownstreamError) -> dict[str, Any]:
+    """The downstream's error as the client sees it: a tool error with its message."""
     return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
 
 

@@ -101,12 +101,15 @@ class Catalog:
 
     def __init__(self, sources: Mapping[str, tuple[ServerSpec, ToolSource]]) -> None:
         self._sources = sources
-        self._seen: tuple[int, ...] = ()
+        # The lists last built from, held so none can be freed: a session replaces its list when
+        # the tools change, and a held list's identity is never another's (an ``id`` alone can be
+        # reused once its list is freed).
+        self._seen: tuple[Sequence[dict[str, Any]], ...] = ()
         self._by_name: dict[str, ExposedTool] = {}
 
     def _refresh(self) -> None:
-        seen = tuple(id(src.tools) for _, src in self._sources.values())
-        if seen == self._seen:
+        seen = tuple(src.tools for _, src in self._sources.values())
+        if len(seen) == len(self._seen) and all(a is b for a, b in zip(seen, self._seen, strict=True)):
             return
         by_name: dict[str, ExposedTool] = {}
         for spec, src in self._sources.values():

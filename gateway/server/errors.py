@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway import meta
 from gateway.errors import GatewayError
-
-ERROR_META = "idem-gateway/error"
 
 
 def refusal_result(error: GatewayError) -> dict[str, Any]:
@@ -18,5 +17,5 @@ def refusal_result(error: GatewayError) -> dict[str, Any]:
     return {
         "content": [{"type": "text", "text": f"{error.message} [{error.code}]"}],
         "isError": True,
-        "_meta": {ERROR_META: error.to_meta()},
+        "_meta": {meta.ERROR: error.to_meta()},
     }

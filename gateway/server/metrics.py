@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-OUTCOME_META = "idem-gateway/outcome"
-ERROR_META = "idem-gateway/error"
+from gateway import meta
+
 REPLAYED = "replayed"
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -34,14 +34,9 @@ def now() -> float:
 
 def outcome_of(result: Mapping[str, Any]) -> str:
     """The label a result is counted under, read from what the gateway stamped on it."""
-    meta = result.get("_meta")
-    if isinstance(meta, Mapping):
-        outcome = meta.get(OUTCOME_META)
-        if isinstance(outcome, str):
-            return outcome
-        error = meta.get(ERROR_META)
-        if isinstance(error, Mapping) and isinstance(error.get("code"), str):
-            return str(error["code"])
+    stamped = meta.outcome_of(result.get("_meta"))
+    if stamped is not None:
+        return stamped
     return "error" if result.get("isError") else "read_only"
 
 

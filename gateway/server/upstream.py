@@ -26,8 +26,8 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway import _sdk
 from gateway.downstream.relay import ELICITATION, Caller, unsupported
+from gateway.meta import PREFIX
 
-OWN_META_PREFIX: Final = "idem-gateway/"
 ENVELOPE_META: Final = frozenset(
     {
         types.PROTOCOL_VERSION_META_KEY,
@@ -49,7 +49,7 @@ def passed_meta(meta: Mapping[str, Any] | None) -> dict[str, Any]:
     """The client's ``_meta`` as a downstream gets it."""
     if not meta:
         return {}
-    return {k: v for k, v in meta.items() if k not in ENVELOPE_META and not k.startswith(OWN_META_PREFIX)}
+    return {k: v for k, v in meta.items() if k not in ENVELOPE_META and not k.startswith(PREFIX)}
 
 
 def passed_params(ctx: ServerRequestContext[Any, Any], handled: Iterable[str]) -> dict[str, Any]:

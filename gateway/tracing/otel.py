@@ -46,7 +46,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 
-from gateway import __version__
+from gateway import __version__, meta
 from gateway.downstream.session import DownstreamSession
 from gateway.store.base import Store
 from gateway.store.records import Claim, ClaimResult, Event, Record, Settled
@@ -60,7 +60,6 @@ TOOL = "idem_gateway.tool"
 SERVER = "idem_gateway.server"
 OUTCOME = "idem_gateway.outcome"
 KEY_HASH = "idem_gateway.key.hash"
-META_PREFIX = "idem-gateway/"
 
 
 def key_hash(principal: str, key: str) -> str:
@@ -70,15 +69,8 @@ def key_hash(principal: str, key: str) -> str:
 
 def outcome_of(result: HandlerResult) -> str:
     """``executed`` / ``replayed`` / a refusal's code / ``passed_through`` (read-only)."""
-    meta = result.get("_meta") if isinstance(result, dict) else None
-    if isinstance(meta, dict):
-        error = meta.get(f"{META_PREFIX}error")
-        if isinstance(error, dict) and isinstance(error.get("code"), str):
-            return error["code"]
-        found = meta.get(f"{META_PREFIX}outcome")
-        if isinstance(found, str):
-            return found
-    return "passed_through"
+    stamped = meta.outcome_of(result.get("_meta")) if isinstance(result, dict) else None
+    return stamped or "passed_through"
 
 
 @contextmanager

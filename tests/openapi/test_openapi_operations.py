@@ -19,7 +19,8 @@ from gateway.downstream.openapi.document import Document, DocumentError, load
 from gateway.downstream.openapi.operations import operations_of
 from gateway.downstream.openapi.wire import HTTP_STATUS_META, build_request, result_of
 from gateway.errors import IdempotencyKeyConflict
-from gateway.server.errors import ERROR_META, refusal_result
+from gateway.meta import ERROR as ERROR_META
+from gateway.server.errors import refusal_result
 
 REPO = Path(__file__).resolve().parents[2]
 URI = "file:///api/openapi.json"

@@ -25,12 +25,12 @@ from urllib.parse import quote
 import httpx2
 import mcp_types as types
 
+from gateway import meta
 from gateway.downstream.errors import DownstreamLost, DownstreamRejected, rejected_before_execution_status
 from gateway.downstream.openapi.operations import BODY_ARGUMENT, Operation, Parameter
 from gateway.errors import IdempotencyKeyConflict
 
-META_PREFIX: Final = "idem-gateway/"  # the gateway's _meta namespace (contract), as in server.errors
-HTTP_STATUS_META: Final = META_PREFIX + "http-status"
+HTTP_STATUS_META: Final = meta.HTTP_STATUS
 _EXCERPT: Final = 500
 _JSON: Final = re.compile(r"^application/(?:[\w.-]+\+)?json$", re.IGNORECASE)
 _TEXT: Final = re.compile(
@@ -194,7 +194,7 @@ def _relayed_conflict() -> dict[str, Any]:
     return {
         "content": [{"type": "text", "text": f"{error.message} [{error.code}]"}],
         "isError": True,
-        "_meta": {META_PREFIX + "error": error.to_meta(), HTTP_STATUS_META: 422},
+        "_meta": {meta.ERROR: error.to_meta(), HTTP_STATUS_META: 422},
     }
 
 
