@@ -512,6 +512,43 @@ async def test_concurrent_duplicates_wait_and_get_the_first_result(store: Store)
     assert len({r["content"][0]["text"] for r in results}) == 1
 
 
+async def test_a_duplicate_counts_as_waiting_from_its_first_wait_until_it_returns_and_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What tests outside the process gate races on: ``waiting`` (``/metrics``' gauge) does not
+    drop between the duplicate's polls of the store, and the DEBUG line comes once per duplicate."""
+    down = Downstream(hold=True)
+    guard = Guard(MemoryStore(), poll_min=0.001, poll_max=0.001)  # many polls while it waits
+    polls = [0]
+    get = guard.store.get
+
+    async def counted_get(principal: str, key: str) -> Any:
+        polls[0] += 1
+        assert guard.waiting("p", KEY) == 1  # still counted while it reads the store
+        return await get(principal, key)
+
+    guard.store.get = counted_get  # type: ignore[method-assign]
+    results: list[dict[str, Any]] = []
+    caplog.set_level(logging.DEBUG, logger="gateway.idempotency.guard")
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(guard.run, intent(), down)
+            await down.entered.wait()
+            assert guard.waiting() == 0
+            tg.start_soon(lambda: _append(results, guard.run(intent(), down)))
+            await wait_until(lambda: polls[0] >= 20)
+            assert guard.waiting("p", KEY) == guard.waiting() == 1
+            down.release.set()
+    assert [outcome(r) for r in results] == ["replayed"]
+    assert guard.waiting() == 0
+    lines = [r.getMessage() for r in caplog.records if "waits for its key's first call" in r.getMessage()]
+    assert lines == ["a duplicate waits for its key's first call (1 waiting)"]
+
+
+async def _append(results: list[dict[str, Any]], call: Any) -> None:
+    results.append(await call)
+
+
 async def test_a_duplicate_whose_wait_runs_out_is_refused_in_progress(store: Store) -> None:
     down = Downstream(hold=True)
     ticks = [0.0]
