@@ -27,7 +27,6 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from gateway.server.metrics import parse
 from tests.support import Setup
 
 WAIT = 30.0
@@ -44,6 +43,16 @@ INITIALIZE = {
     },
 }
 MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+def parse(text: str) -> dict[str, float]:
+    """Samples of a Prometheus exposition text by ``name{labels}``."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
 
 
 def free_port() -> int:
@@ -95,6 +104,10 @@ class HttpGateway:
         assert response.status_code == 200, response.text
         assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
         return parse(response.text)
+
+    async def waiting(self) -> int:
+        """Duplicates this replica has parked until their key's first call ends (``/metrics``)."""
+        return int((await self.metrics())["idem_gateway_waiting"])
 
 
 def write_tokens(path: Path) -> Path:
