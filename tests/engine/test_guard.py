@@ -50,11 +50,12 @@ class Clock:
 class Downstream:
     """Counts executions; can hold a call until the test lets it go."""
 
-    def __init__(self, *, hold: bool = False) -> None:
+    def __init__(self, *, hold: bool = False, name: str = "run") -> None:
         self.executions = 0
         self.release = anyio.Event()
         self.entered = anyio.Event()
         self.hold = hold
+        self.name = name
 
     async def __call__(self, attempt: Attempt) -> dict[str, Any]:
         attempt.mark_sent()
@@ -64,7 +65,7 @@ class Downstream:
             # Bounded: a call runs shielded ("finish"), so a failing test must not hang on it.
             with anyio.fail_after(20):
                 await self.release.wait()
-        return {"content": [{"type": "text", "text": f"run {self.executions}"}], "isError": False}
+        return {"content": [{"type": "text", "text": f"{self.name} {self.executions}"}], "isError": False}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
@@ -262,21 +263,33 @@ async def test_a_dead_holder_is_marked_unknown_and_its_late_result_settles_the_k
 
 async def test_a_late_result_does_not_overwrite_a_key_that_was_taken_over(store: Store) -> None:
     clock = Clock()
-    slow = Downstream(hold=True)
+    slow = Downstream(hold=True, name="slow")
     holder = Guard(store, clock=clock, owner="holder", lease_ttl=5.0)
     other = Guard(store, clock=clock, owner="other", lease_ttl=5.0)
-    fast = Downstream()
+    fast = Downstream(name="fast")
+    held: list[dict[str, Any]] = []
+
+    async def hold() -> None:
+        held.append(await holder.run(intent(forwards_key=True), slow))
+
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(holder.run, intent(forwards_key=True), slow)
+            tg.start_soon(hold)
             await slow.entered.wait()
             clock.advance(seconds=6)
             resent = await other.run(intent(forwards_key=True), fast)  # the downstream dedupes
             slow.release.set()
-    assert outcome(resent) == "executed"
+    assert outcome(resent) == "executed" and resent["content"][0]["text"] == "fast 1"
+    # The stale holder's caller still gets what its downstream answered (the same effect: the
+    # downstream deduplicated the key), but that answer is not what the key stores.
+    assert [outcome(r) for r in held] == ["executed"]
+    assert held[0]["content"][0]["text"] == "slow 1"
     record = await store.get("p", KEY)
     assert record is not None and record.result is not None
-    assert record.result["content"][0]["text"] == "run 1" and record.fence > 0
+    assert record.result["content"][0]["text"] == "fast 1"
+    assert record.state is RecordState.COMPLETED and record.lease_owner == "other"
+    replay = await other.run(intent(forwards_key=True), Downstream())
+    assert outcome(replay) == "replayed" and replay["content"][0]["text"] == "fast 1"
     assert fast.executions == 1 and slow.executions == 1
 
 
