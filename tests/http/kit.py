@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,12 +136,19 @@ def serve_argv(setup: Setup, port: int, *extra: str) -> list[str]:
 
 @asynccontextmanager
 async def http_gateway(
-    setup: Setup, *extra: str, tokens: bool = True, name: str = "gateway"
+    setup: Setup,
+    *extra: str,
+    tokens: bool = True,
+    name: str = "gateway",
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[HttpGateway]:
-    """Start the gateway, wait for /healthz, stop it with SIGTERM (bounded) afterwards."""
+    """Start the gateway, wait for /healthz, stop it with SIGTERM (bounded) afterwards.
+
+    ``env``: set in the gateway's environment (after any IDEM_GATEWAY_TOKENS of ours is removed).
+    """
     port = free_port()
     log = setup.tmp / f"{name}-{port}.log"
-    env = {k: v for k, v in os.environ.items() if k != "IDEM_GATEWAY_TOKENS"}
+    env = {**{k: v for k, v in os.environ.items() if k != "IDEM_GATEWAY_TOKENS"}, **(env or {})}
     if tokens:
         extra = (*extra, "--tokens", str(write_tokens(setup.tmp / "tokens.toml")))
     with log.open("wb") as errlog:
