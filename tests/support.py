@@ -19,13 +19,14 @@ from typing import Any
 
 import anyio
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
+from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from gateway import meta
 from tests import node
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_SERVER = REPO / "examples" / "payments_server.py"
+DEAF = REPO / "tests" / "servers" / "deaf.py"
 
 
 def alive(pid: int) -> bool:
@@ -89,11 +90,13 @@ def write_manifest(
     tools: Mapping[str, Mapping[str, Any]] | None = None,
     http_url: str | None = None,
     guarded_by: Path | None = None,
+    deaf: bool = False,
 ) -> Path:
     """A manifest for the example server (stdio unless ``http_url``).
 
     ``guarded_by``: the downstream refuses to start while that file is missing, so a test can
-    make it unreachable and then reachable again.
+    make it unreachable and then reachable again. ``deaf``: the downstream never hears a
+    cancellation (``tests/servers/deaf.py``), so a call the gateway gave up on still runs.
     """
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["[server]", f"name = {toml_value(name)}"]
@@ -106,6 +109,8 @@ def write_manifest(
             str(guarded_by),
             str(EXAMPLE_SERVER),
         ]
+    if deaf:
+        args = [str(DEAF), sys.executable, *args]
     if http_url is None:
         lines += [
             'transport = "stdio"',
@@ -141,6 +146,18 @@ def executions(ledger: Path, tool: str) -> list[dict[str, Any]]:
     return [
         line for line in read_ledger(ledger) if line.get("tool") == tool and line.get("phase") != "finished"
     ]
+
+
+WAITING_LINE = "a duplicate waits for its key's first call"
+"""What a gateway logs at DEBUG once for each duplicate it parks (``Guard`` in
+``gateway/idempotency/guard.py``): how a test sees a stdio gateway's waiters from outside."""
+
+
+def parked(log: Path) -> int:
+    """How many duplicates the gateway writing ``log`` (at DEBUG) has parked so far."""
+    if not log.exists():
+        return 0
+    return log.read_text(errors="replace").count(WAITING_LINE)
 
 
 async def wait_for(predicate: Any, *, timeout: float = 20.0, interval: float = 0.01) -> None:
@@ -190,12 +207,27 @@ class Setup:
 
     @asynccontextmanager
     async def client(
-        self, *extra: str, principal: str = "local", mode: str = "auto", env: Mapping[str, str] | None = None
+        self,
+        *extra: str,
+        principal: str = "local",
+        mode: str = "auto",
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,
     ) -> AsyncIterator[Client]:
-        """A real MCP client talking to a real gateway subprocess over stdio."""
+        """A real MCP client talking to a real gateway subprocess over stdio.
+
+        ``log``: the gateway logs at DEBUG into this file (``parked(log)`` reads its waiters).
+        """
+        if log is None:
+            params = self.gateway_params(*extra, principal=principal, env=env)
+            async with Client(params, mode=mode, cache=None) as client:
+                yield client
+            return
+        env = {**(env or {}), "IDEM_GATEWAY_LOG_LEVEL": "DEBUG"}
         params = self.gateway_params(*extra, principal=principal, env=env)
-        async with Client(params, mode=mode, cache=None) as client:
-            yield client
+        with log.open("w") as errlog:
+            async with Client(stdio_client(params, errlog=errlog), mode=mode, cache=None) as client:  # type: ignore[arg-type]
+                yield client
 
     def executions(self, tool: str) -> list[dict[str, Any]]:
         return executions(self.ledger, tool)

@@ -119,6 +119,29 @@ class Intent:
 
 
 @dataclass(eq=False, slots=True)
+class _Parked:
+    """One call counted in ``Guard.waiting`` from its first wait until it returns: a test (or
+    ``/metrics``) can see a duplicate parked, which polling the store between waits does not hide."""
+
+    waiters: _Waiters
+    ident: tuple[str, str]
+    counted: bool = False
+
+    def enter(self) -> None:
+        if not self.counted:
+            self.counted = True
+            count = self.waiters.count[self.ident] = self.waiters.count.get(self.ident, 0) + 1
+            logger.debug("a duplicate waits for its key's first call (%d waiting)", count)
+
+    def leave(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.waiters.count[self.ident] -= 1
+            if not self.waiters.count[self.ident]:
+                del self.waiters.count[self.ident]
+
+
+@dataclass(eq=False, slots=True)
 class _Held:
     """A lease this process holds; renewed until the key is settled."""
 
@@ -259,6 +282,15 @@ class Guard:
         ``is_final``: whether a result settles the key (a multi-round ``input_required``
         answer does not: the key is released and the continuation round claims it again).
         """
+        parked = _Parked(self._waiters, (intent.principal, intent.key))
+        try:
+            return await self._run(intent, execute, is_final, parked)
+        finally:
+            parked.leave()
+
+    async def _run(
+        self, intent: Intent, execute: Execute, is_final: IsFinal | None, parked: _Parked
+    ) -> dict[str, Any]:
         ident = (intent.principal, intent.key)
         deadline = self.monotonic() + intent.policy.wait
         delay = self.poll_min
@@ -286,6 +318,7 @@ class Guard:
                     raise self._unknown_error("lease_holder_died")
                 record = await self.store.get(*ident)
             elif verdict is Verdict.WAIT:
+                parked.enter()
                 await self._wait(ident, min(delay, max(0.0, deadline - self.monotonic())))
                 delay = min(delay * 2, self.poll_max)
                 record = await self.store.get(*ident)
@@ -316,16 +349,8 @@ class Guard:
         return self._unknown_error()
 
     async def _wait(self, ident: tuple[str, str], seconds: float) -> None:
-        counts = self._waiters.count
-        counts[ident] = counts.get(ident, 0) + 1
-        logger.debug("a duplicate waits for its key's first call (%d waiting)", counts[ident])
-        try:
-            with anyio.move_on_after(seconds):
-                await self._waiters.event(ident).wait()
-        finally:
-            counts[ident] -= 1
-            if not counts[ident]:
-                del counts[ident]
+        with anyio.move_on_after(seconds):
+            await self._waiters.event(ident).wait()
 
     async def _execute(
         self,

@@ -278,7 +278,9 @@ def build_app(
         # Without tokens the only guard is the loopback Host check, as for /mcp.
         if tokens is None and (refusal := await host_check.validate_request(request)) is not None:
             return refusal
-        return Response(gateway.metrics.render(), media_type=metrics.CONTENT_TYPE)
+        return Response(
+            gateway.metrics.render(waiting=gateway.guard.waiting()), media_type=metrics.CONTENT_TYPE
+        )
 
     server = gateway.server()
     app = server.streamable_http_app(

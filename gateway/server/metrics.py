@@ -10,6 +10,7 @@ Exposed families (``idem_gateway_`` prefix):
   ``read_only`` for a pass-through read-only call, or ``error`` for a read-only tool error.
 - ``duplicates_prevented_total``: replays, as in ``audit://stats``.
 - ``call_duration_seconds{tool, outcome}``: a histogram of the gateway-side latency.
+- ``waiting``: a gauge of concurrent duplicates parked until their key's first call ends.
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ class CallMetrics:
     def duplicates_prevented(self) -> int:
         return sum(n for (_, outcome), n in self.calls.items() if outcome == REPLAYED)
 
-    def render(self) -> str:
-        """The exposition text (format 0.0.4), families in a stable order."""
+    def render(self, *, waiting: int = 0) -> str:
+        """The exposition text (format 0.0.4), families in a stable order; ``waiting`` is the
+        guard's count of parked duplicates (read at scrape time, so the call path pays nothing)."""
         lines = [
             "# HELP idem_gateway_calls_total Tool calls by exposed tool and outcome.",
             "# TYPE idem_gateway_calls_total counter",
@@ -95,6 +97,11 @@ class CallMetrics:
             lines.append(f"{name}_bucket{_labels(tool=tool, outcome=outcome, le='+Inf')} {h.total}")
             lines.append(f"{name}_sum{_labels(tool=tool, outcome=outcome)} {_format_float(h.sum)}")
             lines.append(f"{name}_count{_labels(tool=tool, outcome=outcome)} {h.total}")
+        lines += [
+            "# HELP idem_gateway_waiting Concurrent duplicates waiting for their key's first call.",
+            "# TYPE idem_gateway_waiting gauge",
+            f"idem_gateway_waiting {waiting}",
+        ]
         return "\n".join(lines) + "\n"
 
 

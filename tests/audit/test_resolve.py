@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 from tests.audit.conftest import cli, read_json
-from tests.support import Setup, error_code, new_key, outcome
+from tests.support import Setup, error_code, new_key, outcome, wait_for
 
-MANIFEST = {"server": {"timeout": "1s"}}  # slow_op without its gate file: outcome unknown
+# slow_op without its gate file: outcome unknown. The downstream is deaf to the cancellation
+# the timeout sends, so the call it gave up on is known to have run (however late).
+MANIFEST = {"server": {"timeout": "1s"}, "deaf": True}
 
 
 async def _unknown(setup: Setup, tmp_path: Path) -> tuple[Path, dict[str, str]]:
@@ -18,6 +20,7 @@ async def _unknown(setup: Setup, tmp_path: Path) -> tuple[Path, dict[str, str]]:
     arguments = {"label": "r", "gate_file": str(gate), "idempotency_key": new_key()}
     async with setup.client() as client:
         assert error_code(await client.call_tool("slow_op", arguments)) == "outcome_unknown"
+        await wait_for(lambda: len(setup.executions("slow_op")) == 1)
         assert error_code(await client.call_tool("slow_op", arguments)) == "outcome_unknown"
         record = (await read_json(client, f"audit://keys/{arguments['idempotency_key']}"))["record"]
     assert record["state"] == "unknown"

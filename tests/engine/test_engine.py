@@ -15,10 +15,15 @@ from typing import Any
 import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED
 
-from tests.support import Setup, alive, error_code, forwarded_key, meta_of, new_key, outcome, wait_for
+from tests.support import Setup, alive, error_code, forwarded_key, meta_of, new_key, outcome, parked, wait_for
 
 INVOICE = {"customer": "acme", "amount": 120.5, "currency": "EUR"}
+
+
+def closed(error: MCPError) -> bool:
+    return error.error.code == CONNECTION_CLOSED
 
 
 def dump(result: Any) -> dict[str, Any]:
@@ -161,10 +166,11 @@ async def test_bad_calls_are_refused_before_any_claim(
         assert meta_of(refused)["idem-gateway/error"]["http_status"] == 400
         # No record was left: the corrected call with the same key (if it had a valid one) executes.
         key = arguments.get("idempotency_key")
-        if isinstance(key, str) and 16 <= len(key) <= 255 and " " not in key:
+        fixable = isinstance(key, str) and 16 <= len(key) <= 255 and " " not in key
+        if fixable:
             fixed = await client.call_tool("create_invoice", {**INVOICE, "idempotency_key": key})
             assert outcome(fixed) == "executed"
-    assert len(setup.executions("create_invoice")) <= 1
+    assert len(setup.executions("create_invoice")) == (1 if fixable else 0)
 
 
 async def test_key_in_meta_is_accepted(setup: Setup) -> None:
@@ -191,42 +197,54 @@ async def test_read_only_tools_need_no_key_and_write_nothing(setup: Setup) -> No
 
 
 async def test_thirty_concurrent_calls_with_one_key_execute_once(setup: Setup) -> None:
-    setup.manifest()
-    key = new_key()
+    setup.manifest(tools={"slow_op": {"wait": "120s"}})
+    gate = setup.tmp / "gate"
+    log = setup.tmp / "gateway.log"
+    args = {"label": "thirty", "gate_file": str(gate), "idempotency_key": new_key()}
     results: list[Any] = []
-    async with setup.client() as client:
+    async with setup.client(log=log) as client:
 
         async def call() -> None:
-            results.append(await client.call_tool("create_invoice", {**INVOICE, "idempotency_key": key}))
+            results.append(await client.call_tool("slow_op", args))
 
-        with anyio.fail_after(60):
+        with anyio.fail_after(120):
             async with anyio.create_task_group() as tg:
                 for _ in range(30):
                     tg.start_soon(call)
-    assert len(setup.executions("create_invoice")) == 1
+                # The race is forced: one call is inside the downstream, the 29 others are parked
+                # on its key, and only then may the first one finish.
+                await wait_for(
+                    lambda: len(setup.executions("slow_op")) == 1 and parked(log) == 29, timeout=90
+                )
+                gate.touch()
+    assert len(setup.executions("slow_op")) == 1
     assert len(results) == 30
     assert sorted(outcome(r) or "" for r in results) == ["executed"] + ["replayed"] * 29
-    assert len({r.structured_content["invoice_id"] for r in results}) == 1
     assert all(dump(r) == dump(results[0]) for r in results)
+    assert results[0].content[0].text == "finished thirty"
 
 
 async def test_two_gateway_processes_on_one_store_race_on_one_key(setup: Setup) -> None:
-    setup.manifest()
+    setup.manifest(tools={"slow_op": {"wait": "120s"}})
     key = new_key()
     gate = setup.tmp / "gate"
     args = {"label": "race", "gate_file": str(gate), "idempotency_key": key}
+    logs = (setup.tmp / "a.log", setup.tmp / "b.log")
     results: list[Any] = []
-    async with setup.client() as a, setup.client() as b:
+    async with setup.client(log=logs[0]) as a, setup.client(log=logs[1]) as b:
 
         async def call(client: Any) -> None:
             results.append(await client.call_tool("slow_op", args))
 
-        with anyio.fail_after(60):
+        with anyio.fail_after(120):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(call, a)
                 tg.start_soon(call, b)
-                # One of them is inside the downstream; the other is waiting on the store.
-                await wait_for(lambda: len(setup.executions("slow_op")) >= 1)
+                # One of them is inside the downstream; the other process has parked its call on
+                # the store's record. Only then is the first let go.
+                await wait_for(
+                    lambda: len(setup.executions("slow_op")) == 1 and sum(map(parked, logs)) == 1, timeout=90
+                )
                 gate.touch()
     assert len(setup.executions("slow_op")) == 1
     assert sorted(outcome(r) or "" for r in results) == ["executed", "replayed"]
@@ -265,15 +283,26 @@ async def test_in_flight_reject_and_an_exhausted_wait_refuse_with_retry_after(se
 
 
 async def test_downstream_timeout_leaves_the_outcome_unknown(setup: Setup) -> None:
-    setup.manifest(server={"timeout": "300ms"})
+    # A downstream deaf to cancellation runs the call the gateway gave up on, however late it
+    # gets to it: the test waits for its start instead of hoping it came before the 300 ms.
+    setup.manifest(server={"timeout": "300ms"}, deaf=True)
+    gate = setup.tmp / "gate"
     key = new_key()
-    args = {"label": "slow", "gate_file": str(setup.tmp / "never"), "idempotency_key": key}
+    args = {"label": "slow", "gate_file": str(gate), "idempotency_key": key}
     async with setup.client() as client:
         first = await client.call_tool("slow_op", args)
+        await wait_for(lambda: len(setup.executions("slow_op")) == 1)
         retry = await client.call_tool("slow_op", args)
+        gate.touch()  # the abandoned call ends; its result is never stored
+        await wait_for(lambda: any(x.get("phase") == "finished" for x in setup.ledger_lines()))
+        after = await client.call_tool("slow_op", args)
     assert error_code(first) == "outcome_unknown"
-    assert error_code(retry) == "outcome_unknown"
-    assert meta_of(retry)["idem-gateway/error"]["http_status"] == 409
+    assert meta_of(first)["idem-gateway/error"]["reason"] == "timeout"
+    for refused in (retry, after):
+        assert error_code(refused) == "outcome_unknown"
+        assert meta_of(refused)["idem-gateway/error"]["http_status"] == 409
+        # Refused from the store, not sent again and timed out again.
+        assert "reason" not in meta_of(refused)["idem-gateway/error"]
     assert len(setup.executions("slow_op")) == 1
 
 
@@ -284,10 +313,13 @@ async def test_a_client_that_gives_up_after_sending(setup: Setup, cancel: str) -
     key = new_key()
     args = {"label": "c", "gate_file": str(gate), "idempotency_key": key}
     async with setup.client() as client:
-        with pytest.raises(MCPError):
-            # The client stops waiting (a client-side timeout cancels the request upstream).
-            await client.call_tool("slow_op", args, read_timeout_seconds=0.5)
-        await wait_for(lambda: len(setup.executions("slow_op")) == 1)
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.call_tool, "slow_op", args)
+                await wait_for(lambda: len(setup.executions("slow_op")) == 1)
+                # The call was sent (the downstream runs it): the client stops waiting, and its
+                # SDK sends notifications/cancelled upstream, before any later request.
+                tg.cancel_scope.cancel()
         gate.touch()
         if cancel == "finish":
             # The call ran to its end under the gateway's own scope; the retry gets its result.
@@ -362,20 +394,26 @@ async def test_downstream_unreachable_before_sending_releases_the_key(setup: Set
 
 
 async def test_a_forwarded_key_is_resent_after_an_unknown_outcome(setup: Setup) -> None:
-    setup.manifest(server={"timeout": "500ms"})
+    # Deaf to cancellation: the first send, which timed out, still charges once the gate opens,
+    # so the re-send really is deduplicated by the downstream (not merely the only charge).
+    setup.manifest(server={"timeout": "500ms"}, deaf=True)
     gate = setup.tmp / "gate"
     key = new_key()
     args = {"amount": 42.0, "gate_file": str(gate), "idempotency_key": key}
     async with setup.client() as client:
         first = await client.call_tool("slow_charge", args)
         assert error_code(first) == "outcome_unknown"
+        await wait_for(lambda: any(x["tool"] == "slow_charge" for x in setup.ledger_lines()))
         gate.touch()
         resent = await client.call_tool("slow_charge", args)
         again = await client.call_tool("slow_charge", args)
     assert outcome(resent) == "executed"
     assert outcome(again) == "replayed"
+    sends = [x for x in setup.ledger_lines() if x["tool"] == "slow_charge" and x.get("phase") == "waiting"]
     charged = [x for x in setup.ledger_lines() if x["tool"] == "slow_charge" and x.get("phase") == "charged"]
+    assert len(sends) == 2  # the first send and the re-send both reached the tool
     assert len(charged) == 1
+    assert resent.structured_content == again.structured_content == charged[0]["result"]
     assert charged[0]["args"]["idempotency_key"] == forwarded_key(key)  # scoped to the principal
 
 
@@ -393,7 +431,7 @@ async def test_gateway_killed_mid_call_leaves_the_key_unknown_for_the_next_gatew
             downstream_pid = (
                 await client.call_tool("whoami", {"idempotency_key": new_key()})
             ).structured_content["pid"]
-            with pytest.raises(BaseException):  # noqa: B017 - the connection dies under the call
+            with pytest.RaisesGroup(pytest.RaisesExc(MCPError, check=closed)):  # the call dies with it
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(client.call_tool, "slow_op", args)
                     await wait_for(lambda: len(setup.executions("slow_op")) == 1)

@@ -50,11 +50,12 @@ class Clock:
 class Downstream:
     """Counts executions; can hold a call until the test lets it go."""
 
-    def __init__(self, *, hold: bool = False) -> None:
+    def __init__(self, *, hold: bool = False, name: str = "run") -> None:
         self.executions = 0
         self.release = anyio.Event()
         self.entered = anyio.Event()
         self.hold = hold
+        self.name = name
 
     async def __call__(self, attempt: Attempt) -> dict[str, Any]:
         attempt.mark_sent()
@@ -64,7 +65,7 @@ class Downstream:
             # Bounded: a call runs shielded ("finish"), so a failing test must not hang on it.
             with anyio.fail_after(20):
                 await self.release.wait()
-        return {"content": [{"type": "text", "text": f"run {self.executions}"}], "isError": False}
+        return {"content": [{"type": "text", "text": f"{self.name} {self.executions}"}], "isError": False}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
@@ -262,21 +263,33 @@ async def test_a_dead_holder_is_marked_unknown_and_its_late_result_settles_the_k
 
 async def test_a_late_result_does_not_overwrite_a_key_that_was_taken_over(store: Store) -> None:
     clock = Clock()
-    slow = Downstream(hold=True)
+    slow = Downstream(hold=True, name="slow")
     holder = Guard(store, clock=clock, owner="holder", lease_ttl=5.0)
     other = Guard(store, clock=clock, owner="other", lease_ttl=5.0)
-    fast = Downstream()
+    fast = Downstream(name="fast")
+    held: list[dict[str, Any]] = []
+
+    async def hold() -> None:
+        held.append(await holder.run(intent(forwards_key=True), slow))
+
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(holder.run, intent(forwards_key=True), slow)
+            tg.start_soon(hold)
             await slow.entered.wait()
             clock.advance(seconds=6)
             resent = await other.run(intent(forwards_key=True), fast)  # the downstream dedupes
             slow.release.set()
-    assert outcome(resent) == "executed"
+    assert outcome(resent) == "executed" and resent["content"][0]["text"] == "fast 1"
+    # The stale holder's caller still gets what its downstream answered (the same effect: the
+    # downstream deduplicated the key), but that answer is not what the key stores.
+    assert [outcome(r) for r in held] == ["executed"]
+    assert held[0]["content"][0]["text"] == "slow 1"
     record = await store.get("p", KEY)
     assert record is not None and record.result is not None
-    assert record.result["content"][0]["text"] == "run 1" and record.fence > 0
+    assert record.result["content"][0]["text"] == "fast 1"
+    assert record.state is RecordState.COMPLETED and record.lease_owner == "other"
+    replay = await other.run(intent(forwards_key=True), Downstream())
+    assert outcome(replay) == "replayed" and replay["content"][0]["text"] == "fast 1"
     assert fast.executions == 1 and slow.executions == 1
 
 
@@ -510,6 +523,43 @@ async def test_concurrent_duplicates_wait_and_get_the_first_result(store: Store)
     assert down.executions == 1
     assert sorted(outcome(r) for r in results) == ["executed"] + ["replayed"] * 19
     assert len({r["content"][0]["text"] for r in results}) == 1
+
+
+async def test_a_duplicate_counts_as_waiting_from_its_first_wait_until_it_returns_and_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What tests outside the process gate races on: ``waiting`` (``/metrics``' gauge) does not
+    drop between the duplicate's polls of the store, and the DEBUG line comes once per duplicate."""
+    down = Downstream(hold=True)
+    guard = Guard(MemoryStore(), poll_min=0.001, poll_max=0.001)  # many polls while it waits
+    polls = [0]
+    get = guard.store.get
+
+    async def counted_get(principal: str, key: str) -> Any:
+        polls[0] += 1
+        assert guard.waiting("p", KEY) == 1  # still counted while it reads the store
+        return await get(principal, key)
+
+    guard.store.get = counted_get  # type: ignore[method-assign]
+    results: list[dict[str, Any]] = []
+    caplog.set_level(logging.DEBUG, logger="gateway.idempotency.guard")
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(guard.run, intent(), down)
+            await down.entered.wait()
+            assert guard.waiting() == 0
+            tg.start_soon(lambda: _append(results, guard.run(intent(), down)))
+            await wait_until(lambda: polls[0] >= 20)
+            assert guard.waiting("p", KEY) == guard.waiting() == 1
+            down.release.set()
+    assert [outcome(r) for r in results] == ["replayed"]
+    assert guard.waiting() == 0
+    lines = [r.getMessage() for r in caplog.records if "waits for its key's first call" in r.getMessage()]
+    assert lines == ["a duplicate waits for its key's first call (1 waiting)"]
+
+
+async def _append(results: list[dict[str, Any]], call: Any) -> None:
+    results.append(await call)
 
 
 async def test_a_duplicate_whose_wait_runs_out_is_refused_in_progress(store: Store) -> None:

@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,6 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from gateway.server.metrics import parse
 from tests.support import Setup
 
 WAIT = 30.0
@@ -44,6 +43,16 @@ INITIALIZE = {
     },
 }
 MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+def parse(text: str) -> dict[str, float]:
+    """Samples of a Prometheus exposition text by ``name{labels}``."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
 
 
 def free_port() -> int:
@@ -96,6 +105,10 @@ class HttpGateway:
         assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
         return parse(response.text)
 
+    async def waiting(self) -> int:
+        """Duplicates this replica has parked until their key's first call ends (``/metrics``)."""
+        return int((await self.metrics())["idem_gateway_waiting"])
+
 
 def write_tokens(path: Path) -> Path:
     lines = [f'{p} = "{hashlib.sha256(t.encode()).hexdigest()}"' for p, t in TOKENS.items()]
@@ -123,12 +136,19 @@ def serve_argv(setup: Setup, port: int, *extra: str) -> list[str]:
 
 @asynccontextmanager
 async def http_gateway(
-    setup: Setup, *extra: str, tokens: bool = True, name: str = "gateway"
+    setup: Setup,
+    *extra: str,
+    tokens: bool = True,
+    name: str = "gateway",
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[HttpGateway]:
-    """Start the gateway, wait for /healthz, stop it with SIGTERM (bounded) afterwards."""
+    """Start the gateway, wait for /healthz, stop it with SIGTERM (bounded) afterwards.
+
+    ``env``: set in the gateway's environment (after any IDEM_GATEWAY_TOKENS of ours is removed).
+    """
     port = free_port()
     log = setup.tmp / f"{name}-{port}.log"
-    env = {k: v for k, v in os.environ.items() if k != "IDEM_GATEWAY_TOKENS"}
+    env = {**{k: v for k, v in os.environ.items() if k != "IDEM_GATEWAY_TOKENS"}, **(env or {})}
     if tokens:
         extra = (*extra, "--tokens", str(write_tokens(setup.tmp / "tokens.toml")))
     with log.open("wb") as errlog:

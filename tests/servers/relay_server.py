@@ -51,7 +51,7 @@ TOOLS = [
     _tool(
         "progress_for", {"steps": {"type": "integer"}, "interval": {"type": "number"}}, annotations=READ_ONLY
     ),
-    _tool("block", {"gate": {"type": "string"}}, annotations=READ_ONLY),
+    _tool("block", {"gate": {"type": "string"}, "note": {"type": "string"}}, annotations=READ_ONLY),
     _tool("add_tool", {"name": {"type": "string"}}, annotations=READ_ONLY),
 ]
 
@@ -121,6 +121,13 @@ def ledger(line: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def _note(path: Path, line: str) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> dict[str, Any]:
     args = params.arguments or {}
     name = params.name
@@ -157,10 +164,19 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> dict[str, 
             await ctx.session.report_progress(step + 1, float(args.get("steps", 3)), f"step {step + 1}")
         return text("done")
     if name == "block":
+        # ``note``: a file that gets "started", then "cancelled" if the call is cancelled here.
+        note = Path(str(args["note"])) if args.get("note") else None
+        if note is not None:
+            _note(note, "started")
         gate = anyio.Path(str(args["gate"]))
-        with anyio.fail_after(120):
-            while not await gate.exists():  # noqa: ASYNC110 - a test makes the file appear
-                await anyio.sleep(0.01)
+        try:
+            with anyio.fail_after(120):
+                while not await gate.exists():  # noqa: ASYNC110 - a test makes the file appear
+                    await anyio.sleep(0.01)
+        except anyio.get_cancelled_exc_class():
+            if note is not None:
+                _note(note, "cancelled")
+            raise
         return text("released")
     if name == "add_tool":
         EXTRA_TOOLS.append(str(args["name"]))

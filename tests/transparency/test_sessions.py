@@ -55,7 +55,7 @@ async def test_a_principal_does_not_see_what_another_made_in_its_session(setup: 
             await bob.read_resource(SECRET_URI)
     assert SECRET_URI in alice_sees
     assert SECRET_URI not in bob_sees
-    assert read.contents
+    assert [str(c.uri) for c in read.contents] == [SECRET_URI]
 
 
 async def test_a_shared_session_is_everybodys(setup: Setup) -> None:
@@ -68,7 +68,7 @@ async def test_a_shared_session_is_everybodys(setup: Setup) -> None:
     ):
         await alice.call_tool("gzip-file-as-resource", {"name": "alice-only.gz", "data": DATA})
         read = await bob.read_resource(SECRET_URI)
-    assert read.contents
+    assert [str(c.uri) for c in read.contents] == [SECRET_URI]
 
 
 async def test_a_filesystem_server_without_directories_serves_the_clients_roots(
