@@ -9,7 +9,9 @@
     ├── OutcomeUnknown                 409  the call was sent and its outcome never learned
     ├── IdempotencyKeyExpired          410  retention ended, expired = "reject"
     ├── StoreUnavailable               503  fail closed: nothing ran
-    └── DownstreamUnavailable          502  not sent; the key is released
+    ├── DownstreamUnavailable          502  not sent; the key is released
+    ├── ApprovalDeclined               403  a person declined this key; every retry gets the same
+    └── ApprovalUnavailable            428  nobody could be asked or nobody answered; released
 
 Each carries the contract's ``code``, ``http_status`` and a sentence telling the agent what
 to do next. ``server.errors`` turns them into tool results, in one place.
@@ -111,6 +113,10 @@ class NotExecuted(Exception):
 
     audit_outcome: ClassVar[Outcome]
 
+    def audit_detail(self) -> dict[str, Any]:
+        """What the release event records about why (its ``detail``)."""
+        return {"reason": type(self).__name__}
+
 
 class DownstreamUnavailable(GatewayError, NotExecuted):
     """The downstream could not be reached before the call was sent."""
@@ -118,6 +124,30 @@ class DownstreamUnavailable(GatewayError, NotExecuted):
     code = "downstream_unavailable"
     http_status = 502
     audit_outcome = Outcome.DOWNSTREAM_UNAVAILABLE
+
+
+class ApprovalDeclined(GatewayError):
+    """A person declined the call when asked to approve it; the key is settled with this refusal."""
+
+    code = "approval_declined"
+    http_status = 403
+    audit_outcome = Outcome.APPROVAL_DECLINED
+
+
+class ApprovalUnavailable(GatewayError, NotExecuted):
+    """The call needs a person's approval and none was had: nothing ran, the key is released.
+
+    ``reason`` (in ``extra``): ``no_elicitation`` (the client cannot ask its user),
+    ``cancelled`` (the user dismissed the question), ``timeout`` (no answer in time),
+    ``client_error`` (the client answered the question with an error), ``unreadable``.
+    """
+
+    code = "approval_unavailable"
+    http_status = 428
+    audit_outcome = Outcome.APPROVAL_UNAVAILABLE
+
+    def audit_detail(self) -> dict[str, Any]:
+        return {"reason": str(self.extra.get("reason", type(self).__name__))}
 
 
 ALL_ERRORS: tuple[type[GatewayError], ...] = (
@@ -130,4 +160,14 @@ ALL_ERRORS: tuple[type[GatewayError], ...] = (
     IdempotencyKeyExpired,
     StoreUnavailable,
     DownstreamUnavailable,
+    ApprovalDeclined,
+    ApprovalUnavailable,
 )
+
+_BY_CODE: dict[str, type[GatewayError]] = {error.code: error for error in ALL_ERRORS}
+
+
+def outcome_of_code(code: str) -> Outcome | None:
+    """The audit outcome of a refusal, by its contract code (a stored refusal replayed)."""
+    error = _BY_CODE.get(code)
+    return error.audit_outcome if error is not None else None
