@@ -1,7 +1,7 @@
 """One tools/call, start to finish: look up, refuse early, guard, send downstream, shape the result.
 
 catalog lookup → (read-only: validate → downstream) |
-(side-effecting: key → validate → fingerprint → guard.run(downstream call)) → result
+(side-effecting: key → validate → fingerprint → guard.run([approval →] downstream call)) → result
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from gateway.errors import GatewayError, InvalidArguments, StoreUnavailable
 from gateway.idempotency.fingerprint import Fingerprinter
 from gateway.idempotency.guard import Attempt, Guard, Intent
 from gateway.idempotency.keys import extract_key, forwards_key
+from gateway.server import approval
 from gateway.server.catalog import ExposedTool
 from gateway.server.errors import refusal_result
 from gateway.server.results import is_final, jsonrpc_error
@@ -98,6 +99,7 @@ async def call_tool(
     guard: Guard,
     audit: AuditSink,
     fingerprint: Fingerprinter,
+    approvals: approval.Approvals,
 ) -> dict[str, Any]:
     """Run one call through the gateway and return the CallToolResult dict the client gets."""
     timeout = tool.spec.timeout
@@ -130,6 +132,7 @@ async def call_tool(
         await _record_refusal(audit, error, tool, principal, arguments, at=guard.clock())
         return refusal_result(error)
 
+    asks = approval.needed(policy.approve, keyed.fingerprint_arguments)
     intent = Intent(
         principal=principal,
         key=keyed.key,
@@ -139,10 +142,13 @@ async def call_tool(
         policy=policy,
         arguments=redact(keyed.fingerprint_arguments, policy.redact),
         forwards_key=forwards_key(policy, native=tool.native),
-        timeout=timeout,
+        # The first call may wait for its approval before it is even sent.
+        timeout=timeout + (policy.approval_timeout if asks else 0.0),
     )
 
     async def execute(attempt: Attempt) -> dict[str, Any]:
+        if asks:
+            await approvals.confirm(intent, attempt)  # returns when approved; else refuses, nothing sent
         return await session.call_tool(
             tool.downstream_name,
             keyed.forward_arguments,
