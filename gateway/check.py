@@ -14,6 +14,7 @@ from gateway.downstream import DownstreamPool
 from gateway.downstream.openapi import OpenAPISession
 from gateway.manifests import ManifestErrors, load_manifests
 from gateway.manifests.loader import check_exposed_names
+from gateway.server import approval
 from gateway.server.catalog import Catalog, ExposedTool
 from gateway.textsafe import escape
 
@@ -34,7 +35,7 @@ def table(rows: list[list[str]]) -> str:
 
 def review_table(tools: Iterable[ExposedTool]) -> str:
     """One row per exposed tool: its class and the policy that applies (also ``import``'s review)."""
-    rows = [["TOOL", "SERVER", "CLASS", "RETENTION", "FORWARD_KEY", "IN_FLIGHT", "CANCEL"]]
+    rows = [["TOOL", "SERVER", "CLASS", "RETENTION", "FORWARD_KEY", "IN_FLIGHT", "CANCEL", "APPROVE"]]
     for tool in sorted(tools, key=lambda t: t.name):
         p = tool.policy
         fk = (
@@ -51,6 +52,7 @@ def review_table(tools: Iterable[ExposedTool]) -> str:
                 fk if tool.side_effects else "-",
                 p.in_flight if tool.side_effects else "-",
                 p.cancel if tool.side_effects else "forward",
+                approval.describe(p.approve) if tool.side_effects else "-",
             ]
         )
     return table(rows)

@@ -10,7 +10,9 @@
     ├── IdempotencyKeyExpired          410  retention ended, expired = "reject"
     ├── StoreUnavailable               503  fail closed: nothing ran
     ├── DownstreamUnavailable          502  not sent; the key is released
-    └── RateLimited                    429  too many new keys or refusals; nothing stored
+    ├── RateLimited                    429  too many new keys or refusals; nothing stored
+    ├── ApprovalDeclined               403  a person declined this key; every retry gets the same
+    └── ApprovalUnavailable            428  nobody could be asked or nobody answered; released
 
 Each carries the contract's ``code``, ``http_status`` and a sentence telling the agent what
 to do next. ``server.errors`` turns them into tool results, in one place. The sentence is for
@@ -123,6 +125,10 @@ class NotExecuted(Exception):
 
     audit_outcome: ClassVar[Outcome]
 
+    def audit_detail(self) -> dict[str, Any]:
+        """What the release event records about why (its ``detail``)."""
+        return {"reason": type(self).__name__}
+
 
 class DownstreamUnavailable(GatewayError, NotExecuted):
     """The downstream could not be reached before the call was sent."""
@@ -138,6 +144,28 @@ class RateLimited(GatewayError):
     code = "rate_limited"
     http_status = 429
     audit_outcome = Outcome.INVALID  # never written: a rate-limited call leaves nothing behind
+class ApprovalDeclined(GatewayError):
+    """A person declined the call when asked to approve it; the key is settled with this refusal."""
+
+    code = "approval_declined"
+    http_status = 403
+    audit_outcome = Outcome.APPROVAL_DECLINED
+
+
+class ApprovalUnavailable(GatewayError, NotExecuted):
+    """The call needs a person's approval and none was had: nothing ran, the key is released.
+
+    ``reason`` (in ``extra``): ``no_elicitation`` (the client cannot ask its user),
+    ``cancelled`` (the user dismissed the question), ``timeout`` (no answer in time),
+    ``client_error`` (the client answered the question with an error), ``unreadable``.
+    """
+
+    code = "approval_unavailable"
+    http_status = 428
+    audit_outcome = Outcome.APPROVAL_UNAVAILABLE
+
+    def audit_detail(self) -> dict[str, Any]:
+        return {"reason": str(self.extra.get("reason", type(self).__name__))}
 
 
 ALL_ERRORS: tuple[type[GatewayError], ...] = (
@@ -151,4 +179,14 @@ ALL_ERRORS: tuple[type[GatewayError], ...] = (
     StoreUnavailable,
     DownstreamUnavailable,
     RateLimited,
+    ApprovalDeclined,
+    ApprovalUnavailable,
 )
+
+_BY_CODE: dict[str, type[GatewayError]] = {error.code: error for error in ALL_ERRORS}
+
+
+def outcome_of_code(code: str) -> Outcome | None:
+    """The audit outcome of a refusal, by its contract code (a stored refusal replayed)."""
+    error = _BY_CODE.get(code)
+    return error.audit_outcome if error is not None else None

@@ -19,3 +19,6 @@ class Outcome(enum.StrEnum):
     DOWNSTREAM_UNAVAILABLE = "downstream_unavailable"  # not sent: the key was released
     CANCELLED = "cancelled"  # the client cancelled before anything was sent: the key was released
     RESOLVED = "resolved"  # an operator settled an unknown key
+    APPROVED = "approved"  # a person approved a key's first execution (``approve``); it runs next
+    APPROVAL_DECLINED = "approval_declined"  # a person said no: the key is settled with the refusal
+    APPROVAL_UNAVAILABLE = "approval_unavailable"  # nobody could be asked, or nobody answered: released

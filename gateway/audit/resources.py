@@ -57,6 +57,9 @@ How to call side-effecting tools through idem-gateway:
    resolve the key. Only a key that is released (resolved as failed) may be retried.
 5. Before retrying anything you are unsure about, audit://keys/{key} answers whether the call
    happened, when, and what it returned.
+6. Some tools ask the user to approve each new action. approval_declined means the user said
+   no: do not retry it, and never mint a new key to ask again unless the user asks for it.
+   approval_unavailable means nobody answered: nothing ran, and a retry with the same key asks again.
 """
 
 

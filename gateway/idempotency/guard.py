@@ -10,7 +10,10 @@ from what happened:
                                        released per store_errors / when it is not final
     provably not executed            → released (DownstreamUnavailable: nothing was sent;
                                        DownstreamRejected: refused before executing;
+                                       ApprovalUnavailable: nobody approved it;
                                        cancelled before anything was sent)
+    ``Refused`` before sending       → COMPLETED with that refusal, audited as its outcome: the
+                                       key's answer until retention ends (a person declined it)
     anything else after sending      → UNKNOWN (timeout, lost connection, error after sending,
                                        forwarded cancellation): never re-run blindly
 
@@ -48,6 +51,7 @@ from gateway.errors import (
     NotExecuted,
     OutcomeUnknown,
     StoreUnavailable,
+    outcome_of_code,
 )
 from gateway.idempotency.decide import Call, Verdict, decide
 from gateway.manifests.models import ToolPolicy
@@ -74,16 +78,35 @@ class Attempt:
     """
 
     sent: bool = False
+    resent: bool = False  # this run sends again a call already sent once (a forwarded key's re-send)
 
     def mark_sent(self) -> None:
         self.sent = True
 
 
+class Refused(Exception):
+    """Raised by an ``Execute`` before anything is sent: nothing ran, and the key is settled with
+    ``result`` (a refusal the caller built, ``_meta["idem-gateway/error"]`` set) until its
+    retention ends, audited as ``outcome``. Every retry gets the same result without running
+    (``Guard._replay``). The seam for a refusal that is the key's answer, not the call's
+    (a person declined it); the guard knows nothing of why.
+    """
+
+    def __init__(
+        self, result: dict[str, Any], outcome: Outcome, detail: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(outcome.value)
+        self.result = result
+        self.outcome = outcome
+        self.detail = detail or {}
+
+
 Execute = Callable[[Attempt], Awaitable[dict[str, Any]]]
 """Sends the call downstream and returns the raw result dict.
 
-Raises a ``NotExecuted`` error when the downstream provably did not run it; anything else
-after ``Attempt.mark_sent`` means "sent, outcome unknown".
+Raises a ``NotExecuted`` error when the downstream provably did not run it (the key is
+released), ``Refused`` to settle the key with a refusal before sending; anything else after
+``Attempt.mark_sent`` means "sent, outcome unknown".
 """
 
 IsFinal = Callable[[dict[str, Any]], bool]
@@ -363,12 +386,15 @@ class Guard:
     ) -> dict[str, Any]:
         ident = (intent.principal, intent.key)
         held = self._held[(*ident, fence)] = _Held(intent.principal, intent.key, fence)
-        attempt = Attempt()
+        attempt = Attempt(resent=resent)
         started = time.perf_counter()
         try:
             # "finish": the client's cancellation must not abandon a call already sent.
             with anyio.CancelScope(shield=intent.policy.cancel == "finish"):
-                result = await self._call_downstream(intent, held, attempt, execute, started)
+                try:
+                    result = await self._call_downstream(intent, held, attempt, execute, started)
+                except Refused as refused:
+                    return refused.result
                 answer = await self._settle_result(intent, held, result, started, resent, is_final)
             return answer
         finally:
@@ -384,8 +410,15 @@ class Guard:
         cancelled = anyio.get_cancelled_exc_class()
         try:
             return await execute(attempt)
+        except Refused as refused:
+            if attempt.sent:  # a refusal cannot stand for a call that may have run
+                await self._lost(intent, held, "refused_after_send", started)
+                raise self._unknown_error("refused_after_send", forwards_key=intent.forwards_key) from refused
+            event = self._event(intent, refused.outcome, duration_ms=_ms(started), detail=refused.detail)
+            await self._complete(intent, held, refused.result, is_error=True, event=event)
+            raise
         except NotExecuted as exc:
-            detail = {"reason": type(exc).__name__}
+            detail = exc.audit_detail()
             event = self._event(intent, exc.audit_outcome, duration_ms=_ms(started), detail=detail)
             await self._settle(held, "release", lambda: self.store.release(*_id(held), event=event))
             raise
@@ -422,9 +455,16 @@ class Guard:
             event = self._event(intent, Outcome.EXECUTED, duration_ms=duration, detail=detail)
             await self._settle(held, "release", lambda: self.store.release(*_id(held), event=event))
             return executed
+        event = self._event(intent, Outcome.EXECUTED, duration_ms=duration, detail=detail)
+        await self._complete(intent, held, result, is_error=is_error, event=event)
+        return executed
+
+    async def _complete(
+        self, intent: Intent, held: _Held, result: dict[str, Any], *, is_error: bool, event: Event
+    ) -> None:
+        """Store ``result`` as the key's answer until its retention ends."""
         now = self.clock()
         expires = now + timedelta(seconds=intent.policy.retention)
-        event = self._event(intent, Outcome.EXECUTED, duration_ms=duration, detail=detail)
 
         async def complete() -> Settled:
             return await self.store.complete(
@@ -438,7 +478,6 @@ class Guard:
             )
 
         await self._settle(held, "complete", complete)
-        return executed
 
     async def _lost(self, intent: Intent, held: _Held, reason: str, started: float) -> None:
         event = self._event(intent, Outcome.UNKNOWN, duration_ms=_ms(started), detail={"reason": reason})
@@ -459,10 +498,15 @@ class Guard:
         _report(what, outcome, held)
 
     async def _replay(self, intent: Intent, record: Record) -> dict[str, Any]:
+        assert record.result is not None
+        refused = _refusal_outcome(record.result)
+        if refused is not None:  # settled by ``Refused``: the same refusal, as it was, nothing run
+            event = self._event(intent, refused, detail={"replayed": True})
+            await self._quietly(self.store.append_event(event))
+            return record.result
         await self._quietly(
             self.store.append_event(self._event(intent, Outcome.REPLAYED, cost=intent.policy.cost))
         )
-        assert record.result is not None
         first = record.first_executed_at or record.created_at
         return meta.stamped(record.result, outcome=Outcome.REPLAYED.value, first_executed_at=meta.iso(first))
 
@@ -592,6 +636,14 @@ def _report(what: str, outcome: Any, held: _Held) -> None:
         logger.info("a late result settled a key that had been marked unknown (fence %d)", held.fence)
     elif outcome is Settled.LOST or outcome is False:
         logger.warning("could not %s a key: it moved on while the call ran (fence %d)", what, held.fence)
+
+
+def _refusal_outcome(result: dict[str, Any]) -> Outcome | None:
+    """The outcome of a stored refusal (``_meta["idem-gateway/error"]``, which a downstream cannot
+    set: its results lose the gateway's ``_meta`` keys); ``None`` for a tool's own result."""
+    error = (result.get("_meta") or {}).get(meta.ERROR)
+    code = error.get("code") if isinstance(error, dict) else None
+    return outcome_of_code(code) if isinstance(code, str) else None
 
 
 def _ms(started: float) -> float:

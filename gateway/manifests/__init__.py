@@ -1,10 +1,11 @@
 """Manifest files → validated policy. Reads files, nothing else."""
 
 from gateway.manifests.loader import ManifestError, ManifestErrors, load_manifests
-from gateway.manifests.models import KEY_ARGUMENT, ForwardKey, ServerSpec, ToolPolicy
+from gateway.manifests.models import KEY_ARGUMENT, Condition, ForwardKey, ServerSpec, ToolPolicy
 
 __all__ = [
     "KEY_ARGUMENT",
+    "Condition",
     "ForwardKey",
     "ManifestError",
     "ManifestErrors",

@@ -29,7 +29,15 @@ from urllib.parse import urlsplit
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from gateway.manifests.models import KEY_HEADER, ForwardKey, ServerSpec, ToolPolicy
+from gateway.manifests.models import (
+    KEY_ARGUMENT,
+    KEY_HEADER,
+    Approve,
+    Condition,
+    ForwardKey,
+    ServerSpec,
+    ToolPolicy,
+)
 from gateway.textsafe import escape
 
 __all__ = [
@@ -222,7 +230,7 @@ def _schema_error(file: Path, error: ValidationError) -> ManifestError:
         return ManifestError(file, _dotted(parts), schema.get("description", "not allowed here"))
     if kind == "minimum":
         return ManifestError(file, _dotted(parts), f"must be >= {value}{shown}")
-    if kind == "minLength":
+    if kind in ("minLength", "minItems"):
         return ManifestError(file, _dotted(parts), "must not be empty")
     message = "invalid value" if secret else error.message
     return ManifestError(file, _dotted(parts), message)
@@ -307,9 +315,9 @@ def _policy(b: _Build, where: str, table: dict[str, Any], base: ToolPolicy, tran
     changes: dict[str, Any] = {}
     if "side_effects" in table and table["side_effects"] in ("auto", True, False):
         changes["side_effects"] = None if table["side_effects"] == "auto" else table["side_effects"]
-    for name in ("retention", "wait"):
+    for name in ("retention", "wait", "approval_timeout"):
         if name in table:
-            seconds = b.duration(f"{where}.{name}", table[name], positive=name == "retention")
+            seconds = b.duration(f"{where}.{name}", table[name], positive=name != "wait")
             if seconds is not None:
                 changes[name] = seconds
     for name, choices in (
@@ -346,7 +354,13 @@ def _policy(b: _Build, where: str, table: dict[str, Any], base: ToolPolicy, tran
             b.error(f"{where}.cost", f"must be at most {MAX_COST:g}")
         elif cost >= 0:
             changes["cost"] = float(cost)
+    if "approve" in table:
+        approve = _approve(b, f"{where}.approve", table["approve"])
+        if approve is not None:
+            changes["approve"] = approve
     policy = replace(base, **changes)
+    if "approve" in table and policy.approve and policy.side_effects is False:
+        b.error(f"{where}.approve", "a tool with side_effects = false runs without a key: nothing to approve")
     if "key_from" in table and policy.key_from is not None:
         if policy.side_effects is False:
             b.error(f"{where}.key_from", "a tool with side_effects = false takes no key")
@@ -356,6 +370,35 @@ def _policy(b: _Build, where: str, table: dict[str, Any], base: ToolPolicy, tran
                 f"{policy.key_from!r} is the key_from argument; it stays in the fingerprint",
             )
     return policy
+
+
+_TESTS = ("above", "at_least", "equals", "in")
+
+
+def _approve(b: _Build, where: str, value: Any) -> Approve | None:
+    """``approve``: a boolean, or conditions (each one argument and exactly one test)."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, list) or not value:
+        return None  # the schema's error
+    conditions: list[Condition] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("argument"), str):
+            continue  # the schema's error
+        tests = [t for t in _TESTS if t in item]
+        if len(tests) != 1:
+            found = f"has {len(tests)} ({', '.join(tests)})" if tests else "has none"
+            b.error(
+                f"{where}[{i}]",
+                f"a condition takes exactly one test of above, at_least, equals, in; this one {found} "
+                "(list one condition per test: approval is asked when any holds)",
+            )
+            continue
+        if item["argument"] == KEY_ARGUMENT:
+            b.error(f"{where}[{i}].argument", "the idempotency key is not an argument the tool receives")
+            continue
+        conditions.append(Condition(item["argument"], cast(Any, tests[0]), item[tests[0]]))
+    return tuple(conditions) if len(conditions) == len(value) else None
 
 
 def _build(b: _Build, data: dict[str, Any]) -> ServerSpec | None:

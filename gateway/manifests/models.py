@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 KEY_ARGUMENT = "idempotency_key"
@@ -20,6 +20,19 @@ class ForwardKey:
 
     kind: Literal["argument", "meta", "header"]
     name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One ``approve`` condition: a test on one top-level argument (``gateway.server.approval``)."""
+
+    argument: str
+    op: Literal["above", "at_least", "equals", "in"]
+    value: Any  # a number (above, at_least), any JSON value (equals), a list of them (in)
+
+
+Approve = bool | tuple[Condition, ...]
+"""``approve``: never (False), every new key (True), or a new key whose arguments meet any condition."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +51,8 @@ class ToolPolicy:
     redact: tuple[str, ...] = ()
     key_from: str | None = None
     cost: float | None = None
+    approve: Approve = False
+    approval_timeout: float = 120.0  # how long a person has to answer before approval_unavailable
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,7 @@ from gateway.idempotency.fingerprint import Fingerprinter
 from gateway.idempotency.guard import Guard
 from gateway.manifests.models import ServerSpec
 from gateway.secret import SecretError, check_value
-from gateway.server import metrics, names, upstream
+from gateway.server import approval, metrics, names, upstream
 from gateway.server.call_tool import Downstream, call_tool
 from gateway.server.catalog import Catalog
 from gateway.server.exchange import AlreadyDelivered, Exchanges
@@ -157,6 +157,7 @@ class Gateway:
         self.connect_wait = connect_wait
         self.clock = clock or store.now  # the store's time: the database's on a shared server
         self.guard = Guard(store, clock=self.clock, lease_ttl=lease_ttl)
+        self.approvals = approval.Approvals(store, self.clock)
         # Fingerprints are keyed by the store's secret (a random one when none is given: a
         # gateway alone on its store, as in tests).
         secret = secret if secret is not None else os.urandom(32)
@@ -292,12 +293,15 @@ class Gateway:
         work: Callable[[], Awaitable[dict[str, Any]]],
         *,
         identity: tuple[Any, ...] | None = None,
+        asks: bool = False,
     ) -> dict[str, Any]:
         """Run ``work`` (which talks to ``session``) for ``caller``.
 
         A 2026-07-28 client whose downstream speaks a 2025-era revision gets the call through
         an exchange (``gateway/server/exchange.py``): what the server asks mid-call becomes an
-        ``input_required`` round. A retry carrying the exchange's ``requestState`` is a round of it.
+        ``input_required`` round. So does a call the gateway itself may ask about (``asks``: a
+        person's approval), whatever the downstream speaks. A retry carrying the exchange's
+        ``requestState`` is a round of it.
         """
         if caller.takes_input_required and self.exchanges is not None:
             state = caller.params.get("requestState")
@@ -306,8 +310,15 @@ class Gateway:
                 assert isinstance(state, str)
                 exchange = self.exchanges.resume(state, caller.principal)
                 exchange.answer(caller.params.get("inputResponses"))
-                return await exchange.round(channel)
-            if session is not None and not await session.speaks_modern():
+                try:
+                    return await exchange.round(channel)
+                except AlreadyDelivered:
+                    # Another round took the result (a re-attached retry answered the same
+                    # question): this one is served as a retry of the call, without our rounds' state.
+                    caller.params = {
+                        k: v for k, v in caller.params.items() if k not in ("requestState", "inputResponses")
+                    }
+            if session is not None and (asks or not await session.speaks_modern()):
 
                 async def for_caller() -> dict[str, Any]:
                     try:
@@ -364,13 +375,15 @@ class Gateway:
                 audit=self.record,
                 fingerprint=self.fingerprint,
                 rate_limiter=self.rate_limiter,
+                approvals=self.approvals,
             )
 
         identity = (
             (tool.name, json.dumps(arguments, sort_keys=True, default=str)) if tool.side_effects else None
         )
+        asks = tool.side_effects and approval.needed(tool.policy.approve, arguments)
         started = metrics.now()
-        result = await self._serve(ctx, caller, session, work, identity=identity)
+        result = await self._serve(ctx, caller, session, work, identity=identity, asks=asks)
         self.metrics.observe(tool.name, result, started)
         return for_client(ctx, result)
 

@@ -1,7 +1,7 @@
 """One tools/call, start to finish: look up, refuse early, guard, send downstream, shape the result.
 
 catalog lookup → (read-only: validate → downstream) |
-(side-effecting: key → validate → fingerprint → guard.run(downstream call)) → result
+(side-effecting: key → validate → fingerprint → guard.run([approval →] downstream call)) → result
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from gateway.errors import GatewayError, InvalidArguments, StoreUnavailable
 from gateway.idempotency.fingerprint import Fingerprinter
 from gateway.idempotency.guard import Attempt, Guard, Intent
 from gateway.idempotency.keys import extract_key, forwards_key
+from gateway.server import approval
 from gateway.server.catalog import ExposedTool
 from gateway.server.errors import refusal_result
 from gateway.server.limits import RateLimitedLog, RateLimiter
@@ -101,6 +102,7 @@ async def call_tool(
     guard: Guard,
     audit: AuditSink,
     fingerprint: Fingerprinter,
+    approvals: approval.Approvals,
     rate_limiter: RateLimiter | None = None,
 ) -> dict[str, Any]:
     """Run one call through the gateway and return the CallToolResult dict the client gets."""
@@ -115,6 +117,8 @@ async def call_tool(
         guard=guard,
         audit=audit,
         fingerprint=fingerprint,
+        approvals=approvals,
+        rate_limiter=rate_limiter,
     )
 
 
@@ -142,6 +146,8 @@ async def _keyed(
     guard: Guard,
     audit: AuditSink,
     fingerprint: Fingerprinter,
+    approvals: approval.Approvals,
+    rate_limiter: RateLimiter | None,
 ) -> dict[str, Any]:
     """Key → validate → fingerprint → ``guard.run``: the downstream call runs at most once per key."""
     timeout = tool.spec.timeout
@@ -163,6 +169,7 @@ async def _keyed(
         await _record_refusal(audit, error, tool, principal, arguments, at=guard.clock())
         return refusal_result(error)
 
+    asks = approval.needed(policy.approve, keyed.fingerprint_arguments)
     intent = Intent(
         principal=principal,
         key=keyed.key,
@@ -172,10 +179,13 @@ async def _keyed(
         policy=policy,
         arguments=redact(keyed.fingerprint_arguments, policy.redact),
         forwards_key=forwards_key(policy, native=tool.native),
-        timeout=timeout,
+        # The first call may wait for its approval before it is even sent.
+        timeout=timeout + (policy.approval_timeout if asks else 0.0),
     )
 
     async def execute(attempt: Attempt) -> dict[str, Any]:
+        if asks:
+            await approvals.confirm(intent, attempt)  # returns when approved; else refuses, nothing sent
         return await session.call_tool(
             tool.downstream_name,
             keyed.forward_arguments,

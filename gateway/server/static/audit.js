@@ -10,6 +10,7 @@
   const OUTCOMES = [
     "executed", "replayed", "conflict", "in_progress", "unknown", "missing_key", "invalid",
     "expired", "store_unavailable", "downstream_unavailable", "resolved",
+    "approved", "approval_declined", "approval_unavailable",
   ];
   const state = { me: null, principal: null, operator: false, range: "day", filters: {} };
   const $ = (id) => document.getElementById(id);
