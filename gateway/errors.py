@@ -144,6 +144,8 @@ class RateLimited(GatewayError):
     code = "rate_limited"
     http_status = 429
     audit_outcome = Outcome.INVALID  # never written: a rate-limited call leaves nothing behind
+
+
 class ApprovalDeclined(GatewayError):
     """A person declined the call when asked to approve it; the key is settled with this refusal."""
 

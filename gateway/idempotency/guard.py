@@ -44,6 +44,7 @@ import anyio.abc
 
 from gateway import meta
 from gateway.errors import (
+    DownstreamUnavailable,
     GatewayError,
     IdempotencyKeyConflict,
     IdempotencyKeyExpired,
@@ -63,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 TOMBSTONE_DAYS = 7
+SEND_MARGIN = 0.5  # seconds short of its lease a holder stops sending (clock error between gateways)
 SETTLE_FOR = 600.0  # seconds a held result keeps being written while the store is unreachable
 _SETTLE_BACKOFF = (0.05, 2.0)
 _CHANGES_BUFFER = 1024
@@ -79,8 +81,11 @@ class Attempt:
 
     sent: bool = False
     resent: bool = False  # this run sends again a call already sent once (a forwarded key's re-send)
+    check: Callable[[], None] | None = None  # raises ``NotExecuted`` when the call must not go out
 
     def mark_sent(self) -> None:
+        if self.check is not None:
+            self.check()  # before ``sent``: a refusal here proves nothing was written
         self.sent = True
 
 
@@ -171,6 +176,7 @@ class _Held:
     principal: str
     key: str
     fence: int
+    lease_deadline: float = math.inf  # by ``Guard.monotonic``: past it, others may judge us dead
     settling: bool = False  # a settling write is under way: a failed renewal is expected
 
 
@@ -220,6 +226,8 @@ class Guard:
         self.poll_max = poll_max
         self.monotonic = monotonic  # the in-flight wait's deadline (injectable for tests)
         self.settle_for = settle_for
+        # Leeway for the clock error left between gateways after syncing with the store.
+        self._send_margin = min(SEND_MARGIN, lease_ttl / 4)
         self._held: dict[tuple[str, str, int], _Held] = {}
         self._waiters = _Waiters()
         self.listeners: list[Callable[[str, str], Awaitable[None]]] = []
@@ -261,12 +269,15 @@ class Guard:
             except StoreUnavailable as exc:
                 logger.error("could not read the store's clock: %s", exc)
             for ident, held in list(self._held.items()):
+                asked = self.monotonic()  # the lease runs from before the write, never from after
                 until = self.clock() + timedelta(seconds=self.lease_ttl)
                 try:
                     renewed = await self.store.renew(held.principal, held.key, held.fence, until)
                 except StoreUnavailable as exc:
                     logger.error("could not renew a lease: %s", exc)
                     continue
+                if renewed:
+                    held.lease_deadline = asked + self.lease_ttl
                 if not renewed and self._held.get(ident) is held and not held.settling:
                     # Still ours to run, and the store says another process took it or judged
                     # us dead: worth a warning (a completion racing this renewal is not).
@@ -322,16 +333,20 @@ class Guard:
         while True:
             now = self.clock()
             if verdict is Verdict.CLAIM:
+                asked = self.monotonic()
                 claimed = await self.store.claim(self._claim(intent, now))
                 if claimed.acquired:
-                    return await self._execute(intent, claimed.record.fence, execute, is_final)
+                    return await self._execute(intent, claimed.record.fence, execute, is_final, asked=asked)
                 record = claimed.record
             elif verdict in (Verdict.TAKE_OVER, Verdict.RESEND):
                 assert record is not None
+                asked = self.monotonic()
                 taken = await self.store.take_over(self._claim(intent, now), expected=record)
                 if taken is not None:
                     resent = verdict is Verdict.RESEND
-                    return await self._execute(intent, taken.fence, execute, is_final, resent=resent)
+                    return await self._execute(
+                        intent, taken.fence, execute, is_final, asked=asked, resent=resent
+                    )
                 record = await self.store.get(*ident)
             elif verdict is Verdict.MARK_UNKNOWN:
                 assert record is not None
@@ -382,11 +397,14 @@ class Guard:
         execute: Execute,
         is_final: IsFinal | None,
         *,
+        asked: float,
         resent: bool = False,
     ) -> dict[str, Any]:
         ident = (intent.principal, intent.key)
-        held = self._held[(*ident, fence)] = _Held(intent.principal, intent.key, fence)
-        attempt = Attempt(resent=resent)
+        held = self._held[(*ident, fence)] = _Held(
+            intent.principal, intent.key, fence, lease_deadline=asked + self.lease_ttl
+        )
+        attempt = Attempt(resent=resent, check=lambda: self._check_lease(held))
         started = time.perf_counter()
         try:
             # "finish": the client's cancellation must not abandon a call already sent.
@@ -402,6 +420,22 @@ class Guard:
                 self._held.pop((*ident, fence), None)
             self._waiters.wake(ident)
             self._changed(*ident)
+
+    def _check_lease(self, held: _Held) -> None:
+        """Refuse to send on a lease this process's own clock says is over.
+
+        Past its lease, another gateway may have judged this holder dead and an operator may have
+        released the key: a call sent now could run under a released key, and its retry again.
+        No lease can close that window without the downstream checking a fencing token; this
+        shrinks it to the instant between this check and the write.
+        """
+        if self.monotonic() >= held.lease_deadline - self._send_margin:
+            raise DownstreamUnavailable(
+                "The call was not sent: this gateway's claim on the key ran out before it could "
+                "send (the process was paused or the store slow). Nothing ran; retry with the "
+                "same idempotency key.",
+                reason="lease_expired_before_send",
+            )
 
     async def _call_downstream(
         self, intent: Intent, held: _Held, attempt: Attempt, execute: Execute, started: float

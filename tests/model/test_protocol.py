@@ -116,12 +116,12 @@ def test_interchangeable_callers_arriving_in_order_lose_no_outcome(config: Confi
 
 
 def test_a_holder_never_sends_once_its_key_was_settled_without_it() -> None:
-    """Found by this checker (not fixed here; see the report). A holder paused between its claim
+    """Found by this checker (see the report), fixed in the guard. A holder paused between its claim
     and its send outlives its lease; another gateway marks the key unknown; an operator, seeing
     nothing happened downstream, resolves it as failed, which releases the key; the holder wakes
     and sends anyway, on a lease its own clock says is over. A retry now executes a second time.
-    The guard could refuse to send (and release, or leave unknown) once its own lease has run
-    out by its own clock, less the clock skew it tolerates."""
+    The guard now refuses to send once its own lease has run out by its own clock, less the
+    clock error it tolerates (``Guard._check_lease``)."""
     config = replace(BY_NAME["operator_failed"], strict_fencing=True)
     report = explore(config, stop_on=["at_most_once"])
     assert "at_most_once" not in report.violations, report.violations["at_most_once"].report()

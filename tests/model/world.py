@@ -507,17 +507,22 @@ class World:
         cfg = self.cfg
 
         async def execute(attempt: Attempt) -> dict[str, Any]:
+            # ``mark_sent`` runs in the step that sends (``_downstream_step``): the guard's last
+            # check before the write, and the write, are one step, as the transport makes them.
             if cfg.cancels:
-                how = await self.gate("send", choices=cfg.sends)
+                how = await self.gate("send", choices=cfg.sends, attempt=attempt)
+                if isinstance(how, Exception):
+                    raise how
                 if how == "unavailable":
                     raise DownstreamUnavailable("the downstream is unreachable (model)")
-                attempt.mark_sent()
                 answer, result = await self.gate("answer", choices=cfg.answers if how == "acts" else (how,))
             else:
-                how, answer, result = await self.gate("call", choices=self.calls)
+                sent = await self.gate("call", choices=self.calls, attempt=attempt)
+                if isinstance(sent, Exception):
+                    raise sent
+                how, answer, result = sent
                 if how == "unavailable":
                     raise DownstreamUnavailable("the downstream is unreachable (model)")
-                attempt.mark_sent()
             if answer == "lost":
                 raise DownstreamLost("the tool acted, then an error came back", reason="error_after_send")
             if answer == "rejects":
@@ -729,6 +734,12 @@ class World:
             writes.add("down")
 
     def _downstream_step(self, actor: Actor, gate: Gate, choice: str) -> Any:
+        if gate.label in ("send", "call") and not choice.startswith("unavailable"):
+            try:
+                gate.info["attempt"].mark_sent()
+            except DownstreamUnavailable as withheld:  # the guard would not send: nothing went out
+                self.monitor.seen.add("withheld")
+                return withheld
         if gate.label == "send":
             actor.how = choice
             self.monitor.sent(actor, choice)
