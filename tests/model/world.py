@@ -81,7 +81,7 @@ class Config:
     cancels: int = 0  # client cancellations
     settle_for: int = 1000  # how long a refused settling write is retried (seconds)
     max_depth: int = 80  # steps in one run: more is a livelock
-    strict_fencing: bool = False  # also count a send made after its own incarnation ended
+    strict_fencing: bool = True  # also count a send made after its own incarnation ended
     symmetric: bool = True  # interchangeable callers arrive in order (a sound reduction)
     expect: frozenset[str] = frozenset()  # what some run must show (``Report.seen``): the faults bite
 
