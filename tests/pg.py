@@ -77,7 +77,6 @@ def start_cluster(bindir: Path) -> Cluster:
         entry = pwd.getpwnam(PG_USER)
         os.chown(root, entry.pw_uid, entry.pw_gid)
     data, port = root / "data", free_port()
-    run = {"check": True, "capture_output": True, "text": True}
     try:
         subprocess.run(
             _as_postgres(
@@ -94,7 +93,9 @@ def start_cluster(bindir: Path) -> Cluster:
                     "--no-sync",
                 ]
             ),
-            **run,  # type: ignore[call-overload]
+            check=True,
+            capture_output=True,
+            text=True,
         )
         options = (
             f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -113,7 +114,9 @@ def start_cluster(bindir: Path) -> Cluster:
                     "start",
                 ]
             ),
-            **run,  # type: ignore[call-overload]
+            check=True,
+            capture_output=True,
+            text=True,
         )
     except subprocess.CalledProcessError as exc:
         log = (root / "log").read_text() if (root / "log").exists() else ""
@@ -142,9 +145,9 @@ def fresh_database(server_url: str) -> Iterator[str]:
 
     name = f"idem_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(_admin_conninfo(server_url), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        conn.execute(f'CREATE DATABASE "{name}"')
     try:
         yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with psycopg.connect(_admin_conninfo(server_url), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

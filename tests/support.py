@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp_types import ReadResourceResult, RequestParamsMeta, TextContent, TextResourceContents
 
 from gateway import meta
 from tests import node
@@ -226,7 +227,7 @@ class Setup:
         env = {**(env or {}), "IDEM_GATEWAY_LOG_LEVEL": "DEBUG"}
         params = self.gateway_params(*extra, principal=principal, env=env)
         with log.open("w") as errlog:
-            async with Client(stdio_client(params, errlog=errlog), mode=mode, cache=None) as client:  # type: ignore[arg-type]
+            async with Client(stdio_client(params, errlog=errlog), mode=mode, cache=None) as client:
                 yield client
 
     def executions(self, tool: str) -> list[dict[str, Any]]:
@@ -250,6 +251,25 @@ class Setup:
                 engine.dispose()
 
         return await anyio.to_thread.run_sync(count)
+
+
+def text_of(result: Any) -> str:
+    """The text of a result's first content block, which must be text."""
+    block = result.content[0]
+    assert isinstance(block, TextContent), block
+    return block.text
+
+
+def resource_text(result: ReadResourceResult, index: int = 0) -> str:
+    """The text of a read resource's ``index``-th contents, which must be text (not a blob)."""
+    contents = result.contents[index]
+    assert isinstance(contents, TextResourceContents), contents
+    return contents.text
+
+
+def request_meta(values: Mapping[str, Any]) -> RequestParamsMeta:
+    """``_meta`` for ``Client.call_tool`` (an open map the type checker sees as a TypedDict)."""
+    return cast(RequestParamsMeta, dict(values))
 
 
 def meta_of(result: Any) -> dict[str, Any]:

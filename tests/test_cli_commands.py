@@ -125,7 +125,7 @@ async def test_serve_and_audit_read_every_setting_from_the_environment(tmp_path:
     log = tmp_path / "gateway.log"
     params = stdio(sys.executable, "-m", "gateway", "serve", cwd=elsewhere, env=env)
     with log.open("w") as errlog:
-        async with Client(stdio_client(params, errlog=errlog), cache=None) as client:  # type: ignore[arg-type]
+        async with Client(stdio_client(params, errlog=errlog), cache=None) as client:
             with anyio.fail_after(WAIT):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(client.call_tool, "slow_op", args)

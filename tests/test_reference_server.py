@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Setup, error_code, new_key, npm_package, outcome, toml_value
+from tests.support import Setup, error_code, new_key, npm_package, outcome, text_of, toml_value
 
 pytestmark = pytest.mark.node
 
@@ -64,4 +64,4 @@ async def test_a_retry_after_a_later_action_replays_instead_of_redoing(setup: Se
     assert (outcome(created), outcome(deleted), outcome(retried)) == ("executed", "executed", "replayed")
     assert retried.content == created.content
     assert error_code(reused) == "idempotency_key_conflict"
-    assert entities(graph.content[0].text) == []
+    assert entities(text_of(graph)) == []

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 from mcp import Client
+from mcp.client.session import ElicitationFnT
 from mcp.client.stdio import stdio_client
 
 from tests.never_twice.kit import events, record, sql
@@ -85,18 +86,19 @@ async def gateway(
     setup: Setup,
     *extra: str,
     mode: str,
-    person: Person | None,
+    person: ElicitationFnT | None,
     name: str = "gateway",
     env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Running]:
-    """A gateway subprocess over stdio with a client in ``mode``; ``person=None``: a client that
-    does not offer elicitation."""
+    """A gateway subprocess over stdio with a client in ``mode``, ``person`` answering its questions
+    (a ``Person`` or any elicitation callback); ``person=None``: a client that does not offer
+    elicitation."""
     log = setup.tmp / f"{name}.log"
     params = setup.gateway_params(*extra, env=env)
     with log.open("w") as errlog:
         async with Client(
-            stdio_client(params, errlog=errlog),  # type: ignore[arg-type]
-            mode=mode,  # type: ignore[arg-type]
+            stdio_client(params, errlog=errlog),
+            mode=mode,
             cache=None,
             elicitation_callback=person,
         ) as client:

@@ -34,7 +34,7 @@ from tests.approval.kit import (
 )
 from tests.http.kit import http_gateway
 from tests.never_twice.kit import now_us
-from tests.support import Setup, error_code, meta_of, new_key, outcome, read_ledger, wait_for
+from tests.support import Setup, error_code, meta_of, new_key, outcome, read_ledger, text_of, wait_for
 from tests.transparency.kit import RELAY_SERVER, manifest, over_http
 
 APPROVE_ALL = {"create_invoice": {"approve": True, "redact": ["card_number"]}}
@@ -369,11 +369,11 @@ async def test_a_call_whose_server_asks_too_is_approved_once_across_its_rounds(
 
     key = new_key()
     arguments = {"method": "elicitation/create", "text": "pay?", "idempotency_key": key}
-    async with gateway(setup, mode=mode, person=person) as gw:  # type: ignore[arg-type]
+    async with gateway(setup, mode=mode, person=person) as gw:
         first = await gw.client.call_tool("keyed_ask", arguments)
         retry = await gw.client.call_tool("keyed_ask", arguments)
     assert asked == ["approval", "pay?"]
-    assert outcome(first) == "executed" and '"paid"' in first.content[0].text  # type: ignore[union-attr]
+    assert outcome(first) == "executed" and '"paid"' in text_of(first)
     assert outcome(retry) == "replayed"
     assert len(read_ledger(relay)) == 1
     assert len(approvals_in(await events(setup.store, key))) == 1

@@ -46,7 +46,7 @@ async def logged_client(
     """A client whose gateway's stderr (its logs, at ``level``) goes to ``log``."""
     with log.open("w") as errlog:
         params = setup.gateway_params(principal=principal, env={"IDEM_GATEWAY_LOG_LEVEL": level})
-        async with Client(stdio_client(params, errlog=errlog), mode=mode, cache=None) as client:  # type: ignore[arg-type]
+        async with Client(stdio_client(params, errlog=errlog), mode=mode, cache=None) as client:
             yield client
 
 

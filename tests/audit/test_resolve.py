@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tests.audit.conftest import cli, read_json
-from tests.support import Setup, error_code, new_key, outcome, wait_for
+from tests.support import Setup, error_code, new_key, outcome, text_of, wait_for
 
 # slow_op without its gate file: outcome unknown. The downstream is deaf to the cancellation
 # the timeout sends, so the call it gave up on is known to have run (however late).
@@ -75,7 +75,7 @@ async def test_resolve_completed_stores_the_result_and_the_retry_replays_it(
         retry = await client.call_tool("slow_op", arguments)
     assert outcome(retry) == "replayed"
     assert retry.structured_content == settled["structuredContent"] and not retry.is_error
-    assert retry.content[0].text == "done by the operator"  # type: ignore[union-attr]
+    assert text_of(retry) == "done by the operator"
     assert len(setup.executions("slow_op")) == 1
     gate.touch()
 

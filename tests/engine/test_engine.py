@@ -17,7 +17,19 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED
 
-from tests.support import Setup, alive, error_code, forwarded_key, meta_of, new_key, outcome, parked, wait_for
+from tests.support import (
+    Setup,
+    alive,
+    error_code,
+    forwarded_key,
+    meta_of,
+    new_key,
+    outcome,
+    parked,
+    request_meta,
+    text_of,
+    wait_for,
+)
 
 INVOICE = {"customer": "acme", "amount": 120.5, "currency": "EUR"}
 
@@ -161,7 +173,9 @@ async def test_bad_calls_are_refused_before_any_claim(
 ) -> None:
     setup.manifest()
     async with setup.client() as client:
-        refused = await client.call_tool("create_invoice", arguments, meta=meta)
+        refused = await client.call_tool(
+            "create_invoice", arguments, meta=request_meta(meta) if meta is not None else None
+        )
         assert refused.is_error and error_code(refused) == code
         assert meta_of(refused)["idem-gateway/error"]["http_status"] == 400
         # No record was left: the corrected call with the same key (if it had a valid one) executes.
@@ -177,7 +191,9 @@ async def test_key_in_meta_is_accepted(setup: Setup) -> None:
     setup.manifest()
     key = new_key()
     async with setup.client() as client:
-        first = await client.call_tool("create_invoice", INVOICE, meta={"idem-gateway/idempotency-key": key})
+        first = await client.call_tool(
+            "create_invoice", INVOICE, meta=request_meta({"idem-gateway/idempotency-key": key})
+        )
         second = await client.call_tool("create_invoice", {**INVOICE, "idempotency_key": key})
     assert outcome(first) == "executed" and outcome(second) == "replayed"
     assert len(setup.executions("create_invoice")) == 1
@@ -191,7 +207,8 @@ async def test_read_only_tools_need_no_key_and_write_nothing(setup: Setup) -> No
     assert not result.is_error
     assert "idempotency_key" not in (listed["list_invoices"].input_schema.get("properties") or {})
     assert "idempotency_key" in listed["create_invoice"].input_schema["required"]
-    assert listed["create_invoice"].annotations.idempotent_hint is True
+    annotations = listed["create_invoice"].annotations
+    assert annotations is not None and annotations.idempotent_hint is True
     assert outcome(result) is None
     assert await setup.record_count() == 0
 
@@ -221,7 +238,7 @@ async def test_thirty_concurrent_calls_with_one_key_execute_once(setup: Setup) -
     assert len(results) == 30
     assert sorted(outcome(r) or "" for r in results) == ["executed"] + ["replayed"] * 29
     assert all(dump(r) == dump(results[0]) for r in results)
-    assert results[0].content[0].text == "finished thirty"
+    assert text_of(results[0]) == "finished thirty"
 
 
 async def test_two_gateway_processes_on_one_store_race_on_one_key(setup: Setup) -> None:
@@ -326,7 +343,7 @@ async def test_a_client_that_gives_up_after_sending(setup: Setup, cancel: str) -
             await wait_for(lambda: any(x.get("phase") == "finished" for x in setup.ledger_lines()))
             retry = await client.call_tool("slow_op", args)
             assert outcome(retry) == "replayed"
-            assert "finished c" in retry.content[0].text
+            assert "finished c" in text_of(retry)
         else:
             retry = await client.call_tool("slow_op", args)
             assert error_code(retry) == "outcome_unknown"
@@ -349,7 +366,7 @@ async def test_a_client_whose_connection_drops_mid_call_is_like_finish(setup: Se
     async with setup.client() as client:
         retry = await client.call_tool("slow_op", args)
     assert outcome(retry) == "replayed"
-    assert "finished drop" in retry.content[0].text
+    assert "finished drop" in text_of(retry)
     assert len(setup.executions("slow_op")) == 1
 
 

@@ -249,7 +249,8 @@ async def test_a_dead_holder_is_marked_unknown_and_its_late_result_settles_the_k
             clock.advance(seconds=6)  # the holder froze: its lease ran out
             with pytest.raises(OutcomeUnknown):
                 await other.run(intent(), Downstream())
-            assert (await store.get("p", KEY)).state is RecordState.UNKNOWN  # type: ignore[union-attr]
+            marked = await store.get("p", KEY)
+            assert marked is not None and marked.state is RecordState.UNKNOWN
             down.release.set()
     assert outcome(results["holder"]) == "executed"
     record = await store.get("p", KEY)
@@ -526,7 +527,7 @@ async def test_concurrent_duplicates_wait_and_get_the_first_result(store: Store)
 
 
 async def test_a_duplicate_counts_as_waiting_from_its_first_wait_until_it_returns_and_is_logged_once(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What tests outside the process gate races on: ``waiting`` (``/metrics``' gauge) does not
     drop between the duplicate's polls of the store, and the DEBUG line comes once per duplicate."""
@@ -540,7 +541,7 @@ async def test_a_duplicate_counts_as_waiting_from_its_first_wait_until_it_return
         assert guard.waiting("p", KEY) == 1  # still counted while it reads the store
         return await get(principal, key)
 
-    guard.store.get = counted_get  # type: ignore[method-assign]
+    monkeypatch.setattr(guard.store, "get", counted_get)
     results: list[dict[str, Any]] = []
     caplog.set_level(logging.DEBUG, logger="gateway.idempotency.guard")
     with anyio.fail_after(10):

@@ -87,7 +87,7 @@ class HttpGateway:
         headers = bearer(principal) if principal is not None else None
         async with (
             create_mcp_http_client(headers=headers) as http,
-            Client(streamable_http_client(self.url, http_client=http), mode=mode, cache=None) as client,  # type: ignore[arg-type]
+            Client(streamable_http_client(self.url, http_client=http), mode=mode, cache=None) as client,
         ):
             yield client
 

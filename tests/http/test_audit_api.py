@@ -11,16 +11,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import pytest
+from mcp.server.transport_security import TransportSecurityMiddleware
 from starlette.requests import Request
 
 from gateway.server.audit_page import AuditApi, _mask_fields
 from gateway.store import Event, EventQuery, open_store
 from tests.http.kit import WAIT, HttpGateway, bearer, http_gateway, invoice
 from tests.support import Setup, error_code, new_key, outcome
+
+if TYPE_CHECKING:
+    from gateway.server.app import Gateway
 
 MANIFEST: dict[str, Any] = {
     "server": {"timeout": "1s"},  # slow_op without its gate file: the outcome is unknown
@@ -164,10 +168,11 @@ def test_redacted_fields_are_masked_at_any_depth_and_inside_json_text() -> None:
 
 
 class _Gateway:
-    """What the series endpoint needs of a gateway: a store and a clock."""
+    """What the series endpoint needs of a gateway: a store and a clock (cast to ``Gateway``)."""
 
     def __init__(self, store: Any, now: datetime) -> None:
-        self.store, self.clock, self.specs, self.catalog = store, (lambda: now), [], None
+        self.store, self.clock, self.catalog = store, (lambda: now), None
+        self.specs: list[Any] = []
 
 
 async def test_the_chart_series_puts_each_prevented_duplicate_in_its_hour(tmp_path: Path) -> None:
@@ -183,7 +188,8 @@ async def test_the_chart_series_puts_each_prevented_duplicate_in_its_hour(tmp_pa
         ]:
             at = now - timedelta(minutes=minutes_ago)
             await store.append_event(Event(at, "p", "k", "s", "t", outcome_name, cost=0.25))
-        api = AuditApi(_Gateway(store, now), host_check=None, operators=frozenset())  # type: ignore[arg-type]
+        gateway = cast("Gateway", _Gateway(store, now))
+        api = AuditApi(gateway, host_check=TransportSecurityMiddleware(), operators=frozenset())
         request = Request({"type": "http", "query_string": b"range=day", "headers": []})
         series = await api.series(request, "p")
     finally:

@@ -23,7 +23,7 @@ import pytest
 
 from gateway.store import EventQuery, open_store
 from tests.http.kit import TOKENS, WAIT, http_gateway
-from tests.support import REPO, Setup, error_code, new_key, outcome
+from tests.support import REPO, Setup, error_code, meta_of, new_key, outcome
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -88,8 +88,8 @@ async def test_a_person_sees_the_audit_and_an_operator_resolves_an_unknown_key_i
                 lost = await client.call_tool("slow_op", slow)
         assert (outcome(first), outcome(replay)) == ("executed", "replayed")
         assert (error_code(conflict), error_code(lost)) == ("idempotency_key_conflict", "outcome_unknown")
-        invoice_id = first.structured_content["invoice_id"]  # type: ignore[index]
-        first_at = replay.meta["idem-gateway/first-executed-at"]  # type: ignore[index]
+        invoice_id = first.structured_content["invoice_id"]
+        first_at = meta_of(replay)["idem-gateway/first-executed-at"]
 
         async with browser_page() as page:
             requests: list[Any] = []

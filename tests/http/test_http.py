@@ -294,7 +294,7 @@ async def test_stateless_replicas_serve_one_client_without_sticky_sessions(setup
         with anyio.fail_after(WAIT):
             async with (
                 http,
-                Client(streamable_http_client(a.url, http_client=http), mode=mode, cache=None) as client,  # type: ignore[arg-type]
+                Client(streamable_http_client(a.url, http_client=http), mode=mode, cache=None) as client,
             ):
                 await client.list_tools()
                 results = [await invoice(client, key) for _ in range(3)]

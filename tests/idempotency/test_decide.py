@@ -102,13 +102,15 @@ def test_the_verdict_for_every_state(row: list[str]) -> None:
 @pytest.mark.parametrize("row", rows(POLICY_TABLE), ids=lambda r: "-".join(r))
 def test_the_verdict_under_each_policy(row: list[str]) -> None:
     state, lease, retention, payload, forwards, policy, expected = row
-    options: dict[str, object] = {"forwards_key": forwards == "yes"}
-    if policy == "wait_over":
-        options["wait_over"] = True
-    else:
-        name, value = policy.split("=")
-        options[name] = value
-    call = Call(tool="tool", fingerprint="f" * 64, **options)  # type: ignore[arg-type]
+    assert policy in {"in_flight=reject", "expired=reject", "wait_over"}, policy  # each one spelled out below
+    call = Call(
+        tool="tool",
+        fingerprint="f" * 64,
+        forwards_key=forwards == "yes",
+        expired="reject" if policy == "expired=reject" else "execute",
+        in_flight="reject" if policy == "in_flight=reject" else "wait",
+        wait_over=policy == "wait_over",
+    )
 
     assert decide(record(state, lease, retention, payload), call, NOW) is Verdict(expected)
 
@@ -119,7 +121,7 @@ def test_no_record_is_claimed() -> None:
 
 def test_another_tool_with_the_same_arguments_is_a_conflict() -> None:
     found = record("completed", "none", "live", "other_tool")
-    found = Record(**{**{f: getattr(found, f) for f in found.__slots__}, "fingerprint": "f" * 64})  # type: ignore[attr-defined]
+    found = Record(**{**{f: getattr(found, f) for f in found.__slots__}, "fingerprint": "f" * 64})
 
     assert decide(found, Call(tool="tool", fingerprint="f" * 64), NOW) is Verdict.CONFLICT
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -162,7 +163,7 @@ def test_a_forwarded_key_is_scoped_to_the_principal_wherever_it_goes() -> None:
                 None,
                 policy,
                 native=native,
-                forward_as=lambda k, p=principal: fp.forwarded_key(p, k),  # type: ignore[misc]
+                forward_as=partial(fp.forwarded_key, principal),
             )
             assert call.key == KEY  # the gateway's own key is the client's
             sent = (call.forward_headers or {}) | (call.forward_meta or {}) | call.forward_arguments

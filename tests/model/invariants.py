@@ -184,9 +184,10 @@ class Monitor:
         state = before.state if before is not None else None
         self.seen.add(f"{label}:{state.value if state else 'none'}->{after.state.value if after else 'none'}")
         if state is UNKNOWN:
+            assert before is not None
             fine = (
                 label == "resolve"
-                or (label == "complete" and after is not None and after.fence == before.fence)  # type: ignore[union-attr]
+                or (label == "complete" and after is not None and after.fence == before.fence)
                 or (label == "take_over" and cfg.forwards_key)
             )
             if not fine:

@@ -109,7 +109,7 @@ async def gateway(
         command=argv[0], args=argv[1:], env={**os.environ, **(env or {})}, cwd=str(setup.tmp)
     )
     with log.open("w") as errlog:
-        async with Client(stdio_client(params, errlog=errlog), mode="auto", cache=None) as client:  # type: ignore[arg-type]
+        async with Client(stdio_client(params, errlog=errlog), mode="auto", cache=None) as client:
             yield Running(client, int(pidfile.read_text()), log)
 
 

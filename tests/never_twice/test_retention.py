@@ -28,7 +28,7 @@ from tests.never_twice.kit import (
     sqlite_path,
     starts,
 )
-from tests.support import REPO, Setup, error_code, new_key, wait_for
+from tests.support import REPO, Setup, error_code, new_key, resource_text, wait_for
 
 
 async def _run(*argv: str) -> subprocess.CompletedProcess[bytes]:
@@ -162,6 +162,6 @@ async def test_an_unknown_key_reads_as_never_expiring(setup: Setup) -> None:
         first = await client.call_tool("slow_op", args)
         read = await client.read_resource(f"audit://keys/{key}")
     assert error_code(first) == "outcome_unknown"
-    body = json.loads(read.contents[0].text)  # type: ignore[union-attr]
+    body = json.loads(resource_text(read))
     assert body["record"]["state"] == "unknown"
     assert body["record"]["expires_at"] is None

@@ -16,7 +16,7 @@ import json
 import pytest
 
 from tests.never_twice.kit import events, raw_gateway
-from tests.support import Setup, error_code, new_key, outcome
+from tests.support import Setup, error_code, new_key, outcome, request_meta
 
 
 async def test_integers_past_two_to_the_53_are_two_payloads(setup: Setup) -> None:
@@ -51,7 +51,7 @@ async def test_a_key_with_a_trailing_newline_is_invalid(setup: Setup) -> None:
         meta_refused = await client.call_tool(
             "create_invoice",
             {"customer": "acme", "amount": 5},
-            meta={"idem-gateway/idempotency-key": key + "\n"},
+            meta=request_meta({"idem-gateway/idempotency-key": key + "\n"}),
         )
     assert error_code(refused) == "idempotency_key_invalid"
     assert error_code(meta_refused) == "idempotency_key_invalid"

@@ -440,7 +440,9 @@ def test_a_header_argument_with_a_line_break_is_refused_before_sending() -> None
 POST = {"/r": {"post": {"operationId": "r", "responses": ok()}}}
 
 
-def answer(status: int, body: Any = None, *, key_sent: bool = True, **headers: str) -> dict[str, Any]:
+def answer(
+    status: int, body: Any = None, *, key_sent: bool = True, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     op = operations_of(document(POST)).operations["r"]
     request = httpx2.Request("POST", "http://api.test/r")
     if isinstance(body, dict | list):
@@ -470,7 +472,7 @@ def test_a_4xx_is_the_apis_answer_as_a_tool_error() -> None:
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 429])
 def test_a_5xx_408_or_429_leaves_the_outcome_unknown(status: int) -> None:
     with pytest.raises(DownstreamLost):
-        answer(status, "busy", **{"Retry-After": "1"})
+        answer(status, "busy", headers={"Retry-After": "1"})
 
 
 def test_a_409_about_the_key_means_the_first_request_still_runs_there() -> None:

@@ -41,9 +41,10 @@ class Scripted(httpx2.AsyncBaseTransport):
         trace = request.extensions.get("trace")
         if self.sent and trace is not None:
             await trace(SENT, {"request": request})
-        if self.error is None:
-            await anyio.sleep_forever()  # never answers
-        raise self.error
+        if self.error is not None:
+            raise self.error
+        await anyio.sleep_forever()  # never answers
+        raise AssertionError("unreachable")
 
 
 def spec(tmp: Path, document: Path = DOCUMENT, **extra: Any) -> ServerSpec:

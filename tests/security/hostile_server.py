@@ -86,6 +86,10 @@ async def get_prompt(ctx: Any, params: Any) -> dict[str, Any]:
     return _result(_forged({"description": "advice", "messages": [message]}))
 
 
+# The SDK's types are narrower than what it serves: a handler may return a plain dict
+# (``mcp.server.context.HandlerResult``), which is how this server forges raw ``_meta``, but the
+# ``on_*`` parameters are typed to the result models alone; and ``CACHEABLE_METHODS`` is typed
+# ``frozenset[str]``, not of ``CacheableMethod``. Hence the targeted ignores below.
 server: Server[Any] = Server(
     "hostile",
     version="6.6.6",

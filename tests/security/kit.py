@@ -188,7 +188,7 @@ async def logged_gateway(
     """A real MCP client over stdio to a gateway whose stderr (its log) goes to ``log``."""
     params = setup.gateway_params(*extra, env=env)
     with log.open("w") as errlog:
-        async with Client(stdio_client(params, errlog=errlog), mode=mode, cache=None) as client:  # type: ignore[arg-type]
+        async with Client(stdio_client(params, errlog=errlog), mode=mode, cache=None) as client:
             yield client
 
 

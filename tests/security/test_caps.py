@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from gateway.store import Event, EventQuery
 from gateway.store.sql import SqlStore
 from tests.security.kit import RawGateway, error_code_of, run_cli
-from tests.support import Setup, new_key, wait_for
+from tests.support import Setup, new_key, text_of, wait_for
 
 MAX_URI_LENGTH = 8192  # gateway.server.limits
 MAX_SUBSCRIPTIONS_PER_SESSION = 100
@@ -160,7 +160,7 @@ async def test_a_principal_over_its_rate_is_refused_with_rate_limited_and_nothin
     error = (limited.meta or {})["idem-gateway/error"]
     assert error["code"] == "rate_limited" and error["http_status"] == 429
     assert isinstance(error["retry_after_seconds"], int) and error["retry_after_seconds"] >= 1
-    assert limited.is_error and "[rate_limited]" in limited.content[0].text  # type: ignore[union-attr]
+    assert limited.is_error and "[rate_limited]" in text_of(limited)
     assert after == stored  # no record, no event
     assert len(sqlite_setup.executions("create_invoice")) == 3
     assert not read_only.is_error  # read-only tools take no token

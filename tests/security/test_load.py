@@ -158,7 +158,7 @@ async def run_load(
                         create_mcp_http_client(headers=auth["alice"]) as http,
                         Client(
                             streamable_http_client(url, http_client=http), mode="2026-07-28", cache=None
-                        ) as client,  # type: ignore[arg-type]
+                        ) as client,
                     ):
                         for key in keys:
                             started = time.perf_counter()

@@ -233,6 +233,9 @@ async def complete(ctx: Ctx, params: types.CompleteRequestParams) -> types.Compl
 
 
 def server() -> Server[Any]:
+    # The SDK serves a handler's plain dict result (``mcp.server.context.HandlerResult``) but types
+    # the ``on_*`` parameters to the result models alone, and ``CACHEABLE_METHODS`` as
+    # ``frozenset[str]`` rather than of ``CacheableMethod``: hence the targeted ignores below.
     made: Server[Any] = Server(
         "relay",
         version="1.0",

@@ -677,7 +677,7 @@ async def test_an_event_round_trips_every_field(store: Store) -> None:
     [got] = await store.events(EventQuery())
 
     assert got.id is not None
-    assert got == Event(**{**{f: getattr(sent, f) for f in sent.__slots__}, "id": got.id})  # type: ignore[attr-defined]
+    assert got == Event(**{**{f: getattr(sent, f) for f in sent.__slots__}, "id": got.id})
 
 
 async def test_outcome_counts_group_by_tool_and_outcome_with_spend(store: Store) -> None:

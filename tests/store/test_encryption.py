@@ -16,7 +16,7 @@ from gateway.store import EventQuery, RecordState, Settled
 from gateway.store.cipher import Cipher, CipherError
 from gateway.store.sql import SqlStore
 from tests.store.test_contract import RETENTION, T0, claim, complete, event
-from tests.support import Setup, new_key, outcome
+from tests.support import Setup, new_key, outcome, text_of
 
 SECRET = "4242-4242-4242-4242"
 RESULT = {"content": [{"type": "text", "text": f"charged card {SECRET}"}]}
@@ -27,7 +27,9 @@ def key(n: int) -> str:
 
 
 def cipher(*ids: str) -> Cipher:
-    return Cipher.from_env({"IDEM_GATEWAY_ENCRYPTION_KEYS": ",".join(f"{i}:{key(ord(i[-1]))}" for i in ids)})  # type: ignore[return-value]
+    made = Cipher.from_env({"IDEM_GATEWAY_ENCRYPTION_KEYS": ",".join(f"{i}:{key(ord(i[-1]))}" for i in ids)})
+    assert made is not None  # keys given: a cipher
+    return made
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -46,7 +48,7 @@ def raw(url: str) -> str:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT result FROM idempotency_records")).all()
+            rows = list(conn.execute(text("SELECT result FROM idempotency_records")).all())
             rows += conn.execute(text("SELECT arguments FROM audit_events")).all()
     finally:
         engine.dispose()
@@ -144,7 +146,7 @@ async def test_a_gateway_with_encryption_keys_stores_nothing_in_clear(setup: Set
         first = await client.call_tool("send_email", args)
         again = await client.call_tool("send_email", args)
     assert (outcome(first), outcome(again)) == ("executed", "replayed")
-    assert recipient in first.content[0].text  # the downstream echoes what redact cannot mask
+    assert recipient in text_of(first)  # the downstream echoes what redact cannot mask
     assert recipient not in raw(setup.store) and SECRET not in raw(setup.store)
     if setup.store.startswith("sqlite"):
         db = Path(setup.store.removeprefix("sqlite:///"))

@@ -21,6 +21,7 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.client.stdio import stdio_client
+from mcp_types import RequestParamsMeta
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -33,10 +34,14 @@ from gateway.store import open_store
 from gateway.tracing import requested
 from gateway.tracing.otel import KEY_HASH, OUTCOME, SERVER, TOOL, Tracing, key_hash
 from tests.http.test_http import http_downstream
-from tests.support import Setup, error_code, new_key, outcome, wait_for
+from tests.support import Setup, error_code, new_key, outcome, request_meta, wait_for
 
 WAIT = 30.0
-SECRETIVE = {"customer": "customer-3b1f-do-not-trace", "amount": 987.65, "card_number": "4000056655665556"}
+SECRETIVE: dict[str, Any] = {
+    "customer": "customer-3b1f-do-not-trace",
+    "amount": 987.65,
+    "card_number": "4000056655665556",
+}
 
 
 class _Switch(Sampler):
@@ -92,12 +97,12 @@ async def traced_gateway(setup: Setup, *, mode: str = "auto") -> AsyncIterator[C
 
 
 @asynccontextmanager
-async def agent_span(name: str = "agent") -> AsyncIterator[tuple[Any, dict[str, str]]]:
+async def agent_span(name: str = "agent") -> AsyncIterator[tuple[Any, RequestParamsMeta]]:
     """The agent's own span, and the ``_meta`` an agent sends to carry it (W3C trace context)."""
     with trace.get_tracer("agent").start_as_current_span(name) as span:
         context = span.get_span_context()
         traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-01"
-        yield span, {"traceparent": traceparent, "tracestate": "agent=1"}
+        yield span, request_meta({"traceparent": traceparent, "tracestate": "agent=1"})
 
 
 def of_trace(exporter: InMemorySpanExporter, span: Any) -> list[ReadableSpan]:
@@ -255,7 +260,7 @@ async def test_a_gateway_process_exports_its_spans_by_the_otel_variables(
     key = new_key()
     with log.open("w") as errlog:
         params = setup.gateway_params(env=env)
-        async with Client(stdio_client(params, errlog=errlog), cache=None) as client:  # type: ignore[arg-type]
+        async with Client(stdio_client(params, errlog=errlog), cache=None) as client:
             async with agent_span() as (agent, meta):
                 with anyio.fail_after(WAIT):
                     result = await client.call_tool(

@@ -21,6 +21,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from pydantic import FileUrl
 
 from tests.http.kit import HttpGateway, bearer
 from tests.support import REPO, Setup, npm_package, toml_value
@@ -125,7 +126,9 @@ class Answers:
 
     async def roots(self, context: Any) -> types.ListRootsResult:
         await self._asked("roots/list", None)
-        return types.ListRootsResult(roots=[types.Root(uri=f"file:///{self.label}", name=self.label)])
+        return types.ListRootsResult(
+            roots=[types.Root(uri=FileUrl(f"file:///{self.label}"), name=self.label)]
+        )
 
     async def log(self, params: types.LoggingMessageNotificationParams) -> None:
         self.logs.append(params)
@@ -168,7 +171,7 @@ async def over_http(gateway: HttpGateway, principal: str, mode: str, **kwargs: A
         create_mcp_http_client(headers=bearer(principal)) as http,
         Client(
             streamable_http_client(gateway.url, http_client=http), mode=mode, cache=None, **kwargs
-        ) as client,  # type: ignore[arg-type]
+        ) as client,
     ):
         yield client
 

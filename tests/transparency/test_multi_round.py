@@ -16,7 +16,7 @@ import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.support import Setup, new_key, outcome, read_ledger
+from tests.support import Setup, new_key, outcome, read_ledger, resource_text
 from tests.transparency.kit import Answers, everything_manifest, relay_manifest, text_of, through
 
 pytestmark = pytest.mark.node
@@ -46,7 +46,7 @@ async def test_a_keyed_call_stores_its_final_round_not_an_input_required_one(set
         again = await session.call_tool("keyed_ask", arguments, allow_input_required=True)
         assert isinstance(again, types.InputRequiredResult)  # nothing was stored: the round runs anew
         audit = await client.read_resource(f"audit://keys/{key}")
-        assert json.loads(audit.contents[0].text)["record"] is None  # type: ignore[union-attr]
+        assert json.loads(resource_text(audit))["record"] is None
         final = await session.call_tool(
             "keyed_ask",
             arguments,
@@ -90,11 +90,11 @@ async def test_a_keyed_call_to_a_2025_server_holds_one_claim_across_rounds(setup
         reattached = await session.call_tool("trigger-sampling-request", arguments, allow_input_required=True)
         assert isinstance(reattached, types.InputRequiredResult)
         assert reattached.request_state == first.request_state
-        answers = {k: sampled("once") for k, q in (first.input_requests or {}).items()}
+        answers: types.InputResponses = {k: sampled("once") for k in first.input_requests or {}}
         final = await session.call_tool(
             "trigger-sampling-request",
             arguments,
-            input_responses=answers,  # type: ignore[arg-type]
+            input_responses=answers,
             request_state=first.request_state,
             allow_input_required=True,
         )

@@ -10,6 +10,7 @@ speaks 2026-07-28 (``input_required`` rounds). The clients speak 2026-07-28 (``a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -138,7 +139,7 @@ async def test_what_a_server_asks_reaches_only_the_principal_whose_call_asked(
     assert '"alice:' in results["alice"] and '"bob:' in results["bob"]
 
 
-def prompt(params: dict[str, object]) -> str:
+def prompt(params: dict[str, Any]) -> str:
     """The tool's prompt argument, from the sampling request server-everything builds with it."""
-    text = params["messages"][0]["content"]["text"]  # type: ignore[index]
+    text = params["messages"][0]["content"]["text"]
     return str(text).rsplit(": ", 1)[-1]

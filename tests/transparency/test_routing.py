@@ -11,7 +11,7 @@ import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.support import Setup
+from tests.support import Setup, resource_text
 from tests.transparency.kit import MODES, direct, everything_manifest, relay_manifest, text_of, through
 
 pytestmark = pytest.mark.node
@@ -77,8 +77,8 @@ async def test_two_servers_with_the_same_prompt_and_uris_are_both_reachable(setu
     assert second.messages[0].content == types.TextContent(type="text", text="second greets x")
     assert {"relay://static", "two+relay://static"} <= uris
     assert {"relay://item/{id}", "two+relay://item/{id}"} <= templates
-    assert plain.contents[0].text == "first:relay://static"  # type: ignore[union-attr]
-    assert (str(prefixed.contents[0].uri), prefixed.contents[0].text) == (  # type: ignore[union-attr]
+    assert resource_text(plain) == "first:relay://static"
+    assert (str(prefixed.contents[0].uri), resource_text(prefixed)) == (
         "two+relay://item/3",
         "second:relay://item/3",
     )

@@ -12,6 +12,7 @@ import anyio
 import mcp_types as types
 import pytest
 from mcp.shared.exceptions import MCPError
+from pydantic import FileUrl
 
 from tests.http.kit import http_gateway
 from tests.support import Setup, new_key, outcome
@@ -86,7 +87,7 @@ async def test_a_filesystem_server_without_directories_serves_the_clients_roots(
 
     async def roots(context: object) -> types.ListRootsResult:
         asked.set()
-        return types.ListRootsResult(roots=[types.Root(uri=shared.as_uri(), name="project")])
+        return types.ListRootsResult(roots=[types.Root(uri=FileUrl(shared.as_uri()), name="project")])
 
     async with through(setup, "legacy", list_roots_callback=roots) as client:
         with anyio.fail_after(WAIT):
