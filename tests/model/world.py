@@ -28,7 +28,7 @@ from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
@@ -64,9 +64,9 @@ class Config:
     lease_ttl: int = 2
     retention: int = 10
     wait: int = 1  # seconds a duplicate waits for a live call
-    expired: str = "execute"
-    in_flight: str = "wait"
-    cancel: str = "finish"
+    expired: Literal["execute", "reject"] = "execute"  # the manifest's policy values (ToolPolicy)
+    in_flight: Literal["wait", "reject"] = "wait"
+    cancel: Literal["finish", "forward"] = "finish"
     store_errors: bool = True
     sends: tuple[str, ...] = ("acts",)  # acts | rejects | fails (an isError result) | unavailable
     answers: tuple[str, ...] = ("result", "lost")  # for a call that acted: its result, or lost
@@ -211,32 +211,32 @@ class GatedStore(MemoryStore):
         return self.records.get((PRINCIPAL, KEY))
 
     async def claim(self, claim: Any) -> ClaimResult:
-        return await self.world.store_gate("claim", lambda: self.claim_now(claim), now=claim.now)  # type: ignore[no-any-return]
+        return await self.world.store_gate("claim", lambda: self.claim_now(claim), now=claim.now)
 
     async def get(self, principal: str, key: str) -> Record | None:
         actor = CURRENT.get()
         poll, actor.polling = actor.polling, False
-        return await self.world.store_gate("get", lambda: self.records.get((principal, key)), poll=poll)  # type: ignore[no-any-return]
+        return await self.world.store_gate("get", lambda: self.records.get((principal, key)), poll=poll)
 
     async def take_over(self, claim: Any, *, expected: Record) -> Record | None:
-        return await self.world.store_gate(  # type: ignore[no-any-return]
+        return await self.world.store_gate(
             "take_over", lambda: self.take_over_now(claim, expected), now=claim.now
         )
 
     async def renew(self, principal: str, key: str, fence: int, lease_expires_at: datetime) -> bool:
-        return await self.world.store_gate(  # type: ignore[no-any-return]
+        return await self.world.store_gate(
             "renew", lambda: self.renew_now(principal, key, fence, lease_expires_at), fence=fence
         )
 
     async def complete(self, principal: str, key: str, fence: int, **kwargs: Any) -> Settled:
-        return await self.world.store_gate(  # type: ignore[no-any-return]
+        return await self.world.store_gate(
             "complete", lambda: self.complete_now(principal, key, fence, **kwargs), fence=fence
         )
 
     async def mark_unknown(
         self, principal: str, key: str, fence: int, *, event: Any, lease_dead_at: datetime | None = None
     ) -> bool:
-        return await self.world.store_gate(  # type: ignore[no-any-return]
+        return await self.world.store_gate(
             "mark_unknown",
             lambda: self.mark_unknown_now(principal, key, fence, event, lease_dead_at),
             fence=fence,
@@ -244,27 +244,17 @@ class GatedStore(MemoryStore):
         )
 
     async def release(self, principal: str, key: str, fence: int, *, event: Any) -> bool:
-        return await self.world.store_gate(  # type: ignore[no-any-return]
+        return await self.world.store_gate(
             "release", lambda: self.release_now(principal, key, fence, event), fence=fence
         )
 
     async def resolve(self, principal: str, key: str, *, expected: Record, **kwargs: Any) -> Record | None:
-        return await self.world.store_gate(  # type: ignore[no-any-return]
+        return await self.world.store_gate(
             "resolve", lambda: self.resolve_now(expected, **kwargs), now=kwargs["now"]
         )
 
     async def purge(self, now: datetime, *, batch: int = 500) -> int:
-        return await self.world.store_gate("purge", lambda: self.purge_now(now), now=now)  # type: ignore[no-any-return]
-
-
-@dataclass(eq=False)
-class _Jobs:
-    """Stands for the guard's stream of settling retries (only ``send_nowait`` is used)."""
-
-    jobs: list[Any]
-
-    def send_nowait(self, job: Any) -> None:
-        self.jobs.append(job)
+        return await self.world.store_gate("purge", lambda: self.purge_now(now), now=now)
 
 
 class ModelGuard(Guard):
@@ -333,11 +323,9 @@ class World:
             )
             for g in range(config.gateways)
         ]
-        # The guard hands a refused settling write to ``serve`` through ``_settle_in``; here a
-        # list takes it instead, and ``_spawn_settlers`` runs it as a coroutine the explorer steps.
-        self.jobs: list[list[Any]] = [[] for _ in self.guards]
-        for guard, jobs in zip(self.guards, self.jobs, strict=True):
-            guard._settle_in = _Jobs(jobs)  # type: ignore[assignment]
+        # The guard hands a refused settling write to ``serve`` through its ``_settle_in`` stream;
+        # nothing here runs ``serve``: ``_spawn_settlers`` takes each one off the stream's other
+        # end and runs it as a coroutine the explorer steps.
         self.actors: list[Actor] = []
         self.by_name: dict[str, Actor] = {}
         self.calls = tuple(
@@ -409,9 +397,9 @@ class World:
         policy = ToolPolicy(
             retention=float(cfg.retention),
             wait=float(cfg.wait),
-            expired=cfg.expired,  # type: ignore[arg-type]
-            in_flight=cfg.in_flight,  # type: ignore[arg-type]
-            cancel=cfg.cancel,  # type: ignore[arg-type]
+            expired=cfg.expired,
+            in_flight=cfg.in_flight,
+            cancel=cfg.cancel,
             store_errors=cfg.store_errors,
         )
         self.intent = Intent(
@@ -527,7 +515,7 @@ class World:
                 raise DownstreamLost("the tool acted, then an error came back", reason="error_after_send")
             if answer == "rejects":
                 raise DownstreamRejected("invalid params (model)", code=-32602)
-            return result  # type: ignore[no-any-return]
+            return result
 
         return execute
 
@@ -798,9 +786,12 @@ class World:
     def _spawn_settlers(self) -> bool:
         """Run each settling retry a guard queued as a coroutine of its own."""
         spawned = False
-        for g, jobs in enumerate(self.jobs):
-            while jobs:
-                job = jobs.pop(0)
+        for g, guard in enumerate(self.guards):
+            while True:
+                try:
+                    job = guard._settle_out.receive_nowait()
+                except anyio.WouldBlock:
+                    break
                 if not self.alive[g]:
                     continue
                 self.settlers[g] += 1
