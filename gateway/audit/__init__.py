@@ -1,8 +1,8 @@
 """The audit trail, readable by the agent (MCP resources) and by the operator (the CLI).
 
 ``views`` shapes events and records as JSON, ``stats`` counts them, ``resources`` serves them
-(with the ``idempotency-policy`` prompt), ``subscriptions`` tells subscribers when a key's
-record changes, ``redaction`` keeps manifest secrets out of logs, ``commands`` is the CLI.
+at the ``uris`` (with the ``idempotency-policy`` prompt), ``subscriptions`` tells subscribers when
+a key's record changes, ``redaction`` keeps manifest secrets out of logs, ``commands`` is the CLI.
 """
 
 from gateway.audit.stats import compute_stats

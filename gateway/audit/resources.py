@@ -22,6 +22,7 @@ from mcp.shared.exceptions import MCPError
 from gateway.audit.redaction import install_secret_filter
 from gateway.audit.stats import compute_stats
 from gateway.audit.subscriptions import Subscriptions
+from gateway.audit.uris import EVENTS_URI, KEYS_PREFIX, SCHEME, STATS_URI, TOOLS_PREFIX
 from gateway.audit.views import dumps, event_view, record_view
 from gateway.store.base import Store
 from gateway.store.records import EventQuery
@@ -31,11 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEME = "audit://"
-EVENTS_URI = "audit://events"
-STATS_URI = "audit://stats"
-KEYS_PREFIX = "audit://keys/"
-TOOLS_PREFIX = "audit://tools/"
 MIME = "application/json"
 LIMIT = 100
 POLICY_PROMPT = "idempotency-policy"
@@ -61,10 +57,6 @@ How to call side-effecting tools through idem-gateway:
    no: do not retry it, and never mint a new key to ask again unless the user asks for it.
    approval_unavailable means nobody answered: nothing ran, and a retry with the same key asks again.
 """
-
-
-def key_uri(key: str) -> str:
-    return KEYS_PREFIX + key
 
 
 class AuditResources:

@@ -27,11 +27,11 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated, ServerEvent
 from mcp.shared.exceptions import MCPError
 
+from gateway.audit.uris import key_uri
 from gateway.server.limits import MAX_SUBSCRIPTIONS_PER_SESSION, check_uri
 
 logger = logging.getLogger(__name__)
 
-KEYS_PREFIX = "audit://keys/"
 MAX_PER_CONNECTION = MAX_SUBSCRIPTIONS_PER_SESSION
 MAX_LISTEN_STREAMS = 100  # per principal, on this replica
 NOTIFY_TIMEOUT = 2.0
@@ -130,7 +130,7 @@ class Subscriptions:
 
     async def record_changed(self, principal: str, key: str) -> None:
         """A ``Guard`` listener: notify whoever of ``principal`` watches this key's resource."""
-        await self.publish(principal, ResourceUpdated(uri=KEYS_PREFIX + key))
+        await self.publish(principal, ResourceUpdated(uri=key_uri(key)))
 
     async def publish(self, principal: str | None, event: ServerEvent) -> None:
         """Tell ``principal``'s subscribers (every principal's when ``None``) about ``event``:

@@ -45,8 +45,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.audit.redaction import SecretFilter
-from gateway.audit.resources import STATS_URI, AuditResources, key_uri
+from gateway.audit.resources import AuditResources
 from gateway.audit.stats import summarize
+from gateway.audit.uris import STATS_URI, key_uri
 from gateway.audit.views import event_view, iso, record_view
 from gateway.errors import StoreUnavailable
 from gateway.server.app import PRINCIPAL_SCOPE_KEY
