@@ -292,7 +292,7 @@ async def _output_schema(manifests: str, server: str, tool: str) -> dict[str, An
         if not session.ready:
             skip(f"the downstream {server!r} did not start")
             return None
-        listed = {spec.tool_prefix + str(t.get("name")): t for t in session.tools}
+        listed = {spec.exposed_name(str(t.get("name"))): t for t in session.tools}
     found = listed.get(tool)
     if found is None:
         skip(f"the downstream {escape(server)!r} does not offer {escape(tool)!r}")

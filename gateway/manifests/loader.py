@@ -649,7 +649,7 @@ def check_exposed_names(
         for tool in tools_by_server.get(spec.name, ()):
             if not spec.exposes(tool):
                 continue
-            exposed = spec.tool_prefix + tool
+            exposed = spec.exposed_name(tool)
             first = seen.setdefault(exposed, (spec, tool))
             if first[0] is spec:
                 continue

@@ -90,6 +90,10 @@ class ServerSpec:
     def exposes(self, downstream_name: str) -> bool:
         return self.expose == "all" or downstream_name in self.tools
 
+    def exposed_name(self, downstream_name: str) -> str:
+        """The name a client sees for one of this server's tools (or prompts)."""
+        return self.tool_prefix + downstream_name
+
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in events, logs or error messages: whatever came from

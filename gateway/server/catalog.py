@@ -64,7 +64,7 @@ def expose(spec: ServerSpec, tool: Mapping[str, Any]) -> ExposedTool:
     input_schema = dict(tool.get("inputSchema") or {"type": "object"})
     native = KEY_ARGUMENT in (input_schema.get("properties") or {})
     listed = dict(tool)
-    listed["name"] = spec.tool_prefix + name
+    listed["name"] = spec.exposed_name(name)
     if side_effects:
         listed["inputSchema"] = _inject_key(input_schema, policy, native)
         if policy.key_from is None:

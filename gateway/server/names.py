@@ -42,7 +42,7 @@ def prompt_names(
         for prompt in prompts:
             name = prompt.get("name")
             if isinstance(name, str):
-                claims.setdefault(spec.tool_prefix + name, []).append(PromptRef(spec.name, name))
+                claims.setdefault(spec.exposed_name(name), []).append(PromptRef(spec.name, name))
     out: dict[str, PromptRef] = {}
     for exposed, refs in claims.items():
         if len(refs) == 1 and exposed not in reserved:
