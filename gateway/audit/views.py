@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from gateway import meta
 from gateway.store.records import Event, Record, RecordState
 
 UNKNOWN_NOTE = (
@@ -16,12 +17,8 @@ UNKNOWN_NOTE = (
 
 
 def iso(at: datetime | None) -> str | None:
-    """ISO 8601 in UTC with a ``Z``, like ``first-executed-at`` on a replay."""
-    if at is None:
-        return None
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """``meta.iso`` (the format of ``first-executed-at`` on a replay), and ``None`` for no time."""
+    return None if at is None else meta.iso(at)
 
 
 def event_view(event: Event, *, with_principal: bool = False) -> dict[str, Any]:
