@@ -19,11 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import mcp_types as types
-from jsonschema import exceptions as jsonschema_exceptions
-from jsonschema import validators
-from pydantic import ValidationError
-
+from gateway.audit.resolution import output_problem, shape_problem
 from gateway.audit.stats import WINDOWS, compute_stats
 from gateway.audit.views import event_view, record_view
 from gateway.check import table
@@ -212,14 +208,8 @@ def _load_result(args: argparse.Namespace) -> dict[str, Any] | None:
         raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
     except json.JSONDecodeError as exc:
         raise CommandError(f"{path} is not JSON: {exc}") from exc
-    if not isinstance(result, dict):
-        raise CommandError(f"{path}: a CallToolResult is a JSON object")
-    try:
-        types.CallToolResult.model_validate(result)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top)"
-        raise CommandError(f"{path}: not a CallToolResult at {where}: {first['msg']}") from exc
+    if (problem := shape_problem(result)) is not None:
+        raise CommandError(f"{path}: {problem}")
     return result
 
 
@@ -238,8 +228,8 @@ async def _resolve(store: Store, args: argparse.Namespace, result: dict[str, Any
     if result is not None:
         is_error = bool(result.get("isError", False))
         schema = await _output_schema(args.manifests, record.server, record.tool)
-        if schema is not None and not is_error:
-            _check_output(result, schema)
+        if (problem := output_problem(result, schema)) is not None:
+            raise CommandError(problem)
     event = Event(
         at=store.now(),
         principal=args.principal,
@@ -299,17 +289,6 @@ async def _output_schema(manifests: str, server: str, tool: str) -> dict[str, An
         return None
     schema = found.get("outputSchema")
     return schema if isinstance(schema, dict) else None
-
-
-def _check_output(result: dict[str, Any], schema: dict[str, Any]) -> None:
-    structured = result.get("structuredContent")
-    if structured is None:
-        raise CommandError("the tool declares an outputSchema: the result needs structuredContent")
-    validator = validators.validator_for(schema)(schema)
-    error = jsonschema_exceptions.best_match(validator.iter_errors(structured))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(structuredContent)"
-        raise CommandError(f"the result does not match the tool's outputSchema at {where}: {error.message}")
 
 
 # ---- purge --------------------------------------------------------------------------------------

@@ -34,17 +34,14 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import mcp_types as types
-from jsonschema import exceptions as jsonschema_exceptions
-from jsonschema import validators
 from mcp.server.transport_security import TransportSecurityMiddleware
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.audit.redaction import SecretFilter
+from gateway.audit.resolution import output_problem, shape_problem
 from gateway.audit.resources import AuditResources
 from gateway.audit.stats import summarize
 from gateway.audit.uris import STATS_URI, key_uri
@@ -368,30 +365,13 @@ class AuditApi:
 
     def _check_result(self, tool_name: str, result: Any) -> None:
         """A CallToolResult, and against the tool's outputSchema when the downstream lists one."""
-        if not isinstance(result, dict):
-            raise ApiError(400, "invalid_result", 'With "completed", give result: a CallToolResult object.')
-        try:
-            types.CallToolResult.model_validate(result)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top)"
-            raise ApiError(
-                400, "invalid_result", f"Not a CallToolResult at {where}: {first['msg']}"
-            ) from None
-        tool = self.gateway.catalog.get(tool_name) if self.gateway.catalog is not None else None
-        schema = tool.listed.get("outputSchema") if tool is not None else None
-        if not isinstance(schema, dict) or result.get("isError"):
-            return
-        structured = result.get("structuredContent")
-        if structured is None:
-            raise ApiError(
-                400, "invalid_result", "The tool declares an outputSchema: give structuredContent."
-            )
-        validator = validators.validator_for(schema)(schema)
-        error = jsonschema_exceptions.best_match(validator.iter_errors(structured))
-        if error is not None:
-            where = "/".join(str(p) for p in error.absolute_path) or "(structuredContent)"
-            raise ApiError(400, "invalid_result", f"Not the tool's outputSchema at {where}: {error.message}")
+        problem = shape_problem(result)
+        if problem is None:
+            tool = self.gateway.catalog.get(tool_name) if self.gateway.catalog is not None else None
+            schema = tool.listed.get("outputSchema") if tool is not None else None
+            problem = output_problem(result, schema if isinstance(schema, dict) else None)
+        if problem is not None:
+            raise ApiError(400, "invalid_result", f"The result cannot be stored: {problem}.")
 
     def _redacted_result(self, tool_name: str, result: dict[str, Any]) -> dict[str, Any]:
         """What a person may see of a stored result: the tool's ``redact`` fields masked
