@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from gateway.store.records import Claim, ClaimResult, Event, EventQuery, Record, RecordState, Settled
+from gateway.store.records import Claim, ClaimResult, Event, EventQuery, Record, Settled
 
 
 class RecordStore(Protocol):
@@ -120,15 +120,4 @@ class Store(RecordStore, AuditLog, Protocol):
     """What the gateway opens: both halves, on one database."""
 
 
-__all__ = [
-    "AuditLog",
-    "Claim",
-    "ClaimResult",
-    "Event",
-    "EventQuery",
-    "Record",
-    "RecordState",
-    "RecordStore",
-    "Settled",
-    "Store",
-]
+__all__ = ["AuditLog", "RecordStore", "Store"]
