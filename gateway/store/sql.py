@@ -726,27 +726,25 @@ class SqlStore:
 
     def _durable_connection(self) -> Any:
         if self._durable_conn is None:
-            conn = self._engine.raw_connection()
-            cursor = conn.cursor()
-            try:
-                # In WAL mode FULL syncs the log at every commit: the claim is on disk when
-                # COMMIT returns (NORMAL would wait for the next checkpoint).
-                cursor.execute("PRAGMA synchronous = FULL")
-            finally:
-                cursor.close()
-            self._durable_conn = conn
+            # In WAL mode FULL syncs the log at every commit: the claim is on disk when
+            # COMMIT returns (NORMAL would wait for the next checkpoint).
+            self._durable_conn = self._kept_connection("PRAGMA synchronous = FULL")
         return self._durable_conn
 
     def _inline_connection(self) -> Any:
         if self._inline_conn is None:
-            conn = self._engine.raw_connection()
-            cursor = conn.cursor()
-            try:
-                cursor.execute("PRAGMA busy_timeout = 0")
-            finally:
-                cursor.close()
-            self._inline_conn = conn
+            self._inline_conn = self._kept_connection("PRAGMA busy_timeout = 0")
         return self._inline_conn
+
+    def _kept_connection(self, pragma: str) -> Any:
+        """A connection taken from the pool for the store's life (``close`` ends it), set by ``pragma``."""
+        conn = self._engine.raw_connection()
+        cursor = conn.cursor()
+        try:
+            cursor.execute(pragma)
+        finally:
+            cursor.close()
+        return conn
 
     def _run(self, fn: Callable[..., T], *args: Any) -> T:
         for attempt in range(_ATTEMPTS):
