@@ -1090,19 +1090,20 @@ class SqlStore:
 
     def _purge(self, now: datetime, batch: int) -> int:
         params = {"now": _us(now), "batch": batch}
-        deleted = 0
-        while True:  # one short transaction per batch: writers are never blocked for long
-            with self._write() as conn:
-                count = conn.execute(_PURGE_DELETE, params).rowcount
-            deleted += count
-            if count < batch:
-                break
+        deleted = self._in_batches(_PURGE_DELETE, params, batch)
+        self._in_batches(_PURGE_TOMBSTONE, params, batch)
+        return deleted
+
+    def _in_batches(self, stmt: Any, params: dict[str, Any], batch: int) -> int:
+        """Run a statement that touches at most ``batch`` rows until a run comes back short; the
+        rows touched. One short transaction per batch: writers are never blocked for long."""
+        total = 0
         while True:
             with self._write() as conn:
-                count = conn.execute(_PURGE_TOMBSTONE, params).rowcount
+                count = conn.execute(stmt, params).rowcount
+            total += count
             if count < batch:
-                break
-        return deleted
+                return total
 
     # -- events ----------------------------------------------------------------------------
 
@@ -1167,14 +1168,7 @@ class SqlStore:
     def _purge_events(self, before: datetime, batch: int) -> int:
         oldest = select(_E.id).where(_E.at < bindparam("before")).limit(bindparam("batch"))
         stmt = delete(EVENTS).where(_E.id.in_(oldest.scalar_subquery()))
-        params = {"before": _us(before), "batch": batch}
-        deleted = 0
-        while True:  # one short transaction per batch: writers are never blocked for long
-            with self._write() as conn:
-                count = conn.execute(stmt, params).rowcount
-            deleted += count
-            if count < batch:
-                return deleted
+        return self._in_batches(stmt, {"before": _us(before), "batch": batch}, batch)
 
 
 def _driver(pooled: Any) -> Any:
