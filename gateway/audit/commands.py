@@ -25,6 +25,7 @@ from gateway.audit.views import event_view, record_view
 from gateway.check import table
 from gateway.errors import StoreUnavailable
 from gateway.localfiles import StoreFileError, require_store
+from gateway.outcomes import Outcome
 from gateway.store import Event, EventQuery, RecordState, Store, open_store
 from gateway.store.cipher import CipherError
 from gateway.textsafe import escape
@@ -236,7 +237,7 @@ async def _resolve(store: Store, args: argparse.Namespace, result: dict[str, Any
         key=args.key,
         server=record.server,
         tool=record.tool,
-        outcome="resolved",
+        outcome=Outcome.RESOLVED.value,
         fingerprint=record.fingerprint,
         detail={"as": args.as_, "previous_state": record.state.value, **({"forced": True} if force else {})},
     )

@@ -47,6 +47,7 @@ from gateway.audit.stats import summarize
 from gateway.audit.uris import STATS_URI, key_uri
 from gateway.audit.views import event_view, iso, record_view
 from gateway.errors import StoreUnavailable
+from gateway.outcomes import Outcome
 from gateway.server.app import PRINCIPAL_SCOPE_KEY
 from gateway.store.records import Event, EventQuery, RecordState
 
@@ -274,7 +275,9 @@ class AuditApi:
         """Keys whose outcome is unknown now (found through their ``unknown`` events)."""
         target = self._target(request, principal)
         store = self.gateway.store
-        events = await store.events(EventQuery(principal=target, outcome="unknown", limit=UNKNOWN_SCAN))
+        events = await store.events(
+            EventQuery(principal=target, outcome=Outcome.UNKNOWN.value, limit=UNKNOWN_SCAN)
+        )
         keys: list[dict[str, Any]] = []
         seen: set[str] = set()
         for event in events:
@@ -345,7 +348,7 @@ class AuditApi:
             key=key,
             server=record.server,
             tool=record.tool,
-            outcome="resolved",
+            outcome=Outcome.RESOLVED.value,
             fingerprint=record.fingerprint,
             detail={"as": settle, "previous_state": record.state.value, "by": principal, "via": "audit page"},
         )
