@@ -2,7 +2,8 @@
 
 ``views`` shapes events and records as JSON, ``stats`` counts them, ``resources`` serves them
 at the ``uris`` (with the ``idempotency-policy`` prompt), ``subscriptions`` tells subscribers when
-a key's record changes, ``redaction`` keeps manifest secrets out of logs, ``commands`` is the CLI.
+a key's record changes, ``redaction`` keeps manifest secrets out of logs, ``commands`` is the CLI,
+``resolution`` checks the result an operator stores for an unknown key (the CLI and the audit page).
 """
 
 from gateway.audit.stats import compute_stats
