@@ -303,6 +303,7 @@ class DownstreamSession:
         self._state_changed = anyio.Event()
         self._attempts_finished = 0  # connect attempts that ended, in success or failure
         self._conn: _Connection | None = None
+        self._spoken: str | None = None  # the revision of the last connection that got ready
         self._retry_at = -math.inf
         self._wake = anyio.Event()
         self._closing = False
@@ -452,6 +453,7 @@ class DownstreamSession:
                 await self._refresh_lists(conn)
                 scope.deadline = math.inf
                 self._conn = conn
+                self._spoken = conn.protocol_version
                 self.last_error = None
                 self._attempts_finished += 1
                 self._set_state(State.READY)
@@ -768,12 +770,22 @@ class DownstreamSession:
         return conn is not None and conn.modern
 
     async def speaks_modern(self) -> bool:
-        """``modern``, once a session that has not connected yet (a new principal's) has tried;
-        ``False`` when it cannot connect (the call will say so)."""
-        if self._conn is None or self._conn.lost.is_set():
+        """``modern``, for choosing a call's path before the call: a lost connection answers with
+        the revision it spoke, and only a session that never connected (a new principal's) tries
+        to connect first. ``False`` when it cannot connect (the call will say so).
+
+        A reconnect is waited for inside the call, after its key is claimed, never here: a
+        wait before the claim would hold a keyed call where nothing records it (a client that
+        gives up there leaves no trace, and the wait is not bounded by the call's timeout).
+        """
+        conn = self._conn
+        if conn is not None and not conn.lost.is_set():
+            return conn.modern
+        if self._spoken is None:
             with contextlib.suppress(DownstreamUnavailable):
                 await self._reconnect_inline()
-        return self.modern
+            return self.modern
+        return self._spoken in MODERN_PROTOCOL_VERSIONS
 
     async def _answer_input_requests(
         self, caller: Caller | None, requests: Mapping[str, Any]
