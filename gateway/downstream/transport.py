@@ -19,10 +19,14 @@ streams carry it), so concurrent requests never see each other's wire.
 from __future__ import annotations
 
 import contextvars
+import fcntl
 import logging
 import os
+import select
 import signal
-from collections.abc import AsyncIterator, Mapping, Sequence
+import struct
+import termios
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +59,14 @@ class Wire:
     written: bool = False  # the whole message reached the peer's pipe / the HTTP request went out
     refused: bool = False  # it could not be delivered at all (dead pipe, connection refused)
     http_status: int | None = None
+    # stdio: whether the message, written whole, was provably never read (its reader died first)
+    never_read: Callable[[], bool] | None = None
 
     @property
     def not_delivered(self) -> bool:
-        return self.refused and not self.written
+        if self.written:
+            return self.never_read is not None and self.never_read()
+        return self.refused
 
 
 WIRE: contextvars.ContextVar[Wire | None] = contextvars.ContextVar("idem_gateway_wire", default=None)
@@ -68,34 +76,66 @@ WIRE: contextvars.ContextVar[Wire | None] = contextvars.ContextVar("idem_gateway
 
 
 class _PipeWriter:
-    """The write half handed to the SDK: each ``send`` writes straight into the child's stdin."""
+    """The write half handed to the SDK: each ``send`` writes straight into the child's stdin.
 
-    def __init__(self, process: anyio.abc.Process) -> None:
+    The pipe is ours (a raw non-blocking fd), so it can say what became of a message: the
+    number of bytes written is counted, and once the child has exited with no reader left on
+    the pipe, the bytes still in it (``FIONREAD``) were never read by anyone. A message whose
+    last byte (its newline) is among them never reached the server as a line: nothing ran.
+    """
+
+    def __init__(self, process: anyio.abc.Process, fd: int) -> None:
         self._process = process
+        self._fd = fd
         self._lock = anyio.Lock()  # one message at a time: lines must never interleave
         self._closed = False
+        self._total = 0  # bytes written to the pipe so far
+        self._consumed: int | None = None  # bytes the readers took, frozen once none is left
 
     async def send(self, item: SessionMessage) -> None:
         wire = WIRE.get()
-        stdin = self._process.stdin
-        if self._closed or stdin is None or self._process.returncode is not None:
+        if self._closed or self._process.returncode is not None:
             if wire is not None:
                 wire.refused = True
             raise anyio.BrokenResourceError
         data = item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
         async with self._lock:
+            view, sent = memoryview(data), 0
             try:
-                await stdin.send(data)
+                while sent < len(data):
+                    # A line started is finished: half a line would corrupt every later message.
+                    with anyio.CancelScope(shield=sent > 0):
+                        await anyio.wait_writable(self._fd)
+                    with suppress(BlockingIOError):
+                        sent += os.write(self._fd, view[sent:])
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                 # A pipe whose reader is gone: no complete line reached the child, so nothing ran.
+                self._total += sent
                 if wire is not None:
                     wire.refused = True
                 raise anyio.BrokenResourceError from exc
+            self._total += sent
+            end = self._total
         if wire is not None:
             wire.written = True
+            wire.never_read = lambda: self._consumed is not None and self._consumed < end
+
+    def child_exited(self) -> None:
+        """The child is gone: if no reader is left on the pipe, what is still in it was never read."""
+        if self._closed or self._consumed is not None:
+            return
+        with suppress(OSError):
+            poller = select.poll()
+            poller.register(self._fd, select.POLLOUT)
+            if any(events & select.POLLERR for _, events in poller.poll(0)):
+                unread = struct.unpack("i", fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+                self._consumed = self._total - unread
 
     async def aclose(self) -> None:
-        self._closed = True
+        if not self._closed:
+            self._closed = True
+            anyio.notify_closing(self._fd)
+            os.close(self._fd)
 
     async def __aenter__(self) -> _PipeWriter:
         return self
@@ -104,6 +144,14 @@ class _PipeWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+def _read_now(fd: int) -> bytes | None:
+    """What the pipe holds now (``b""`` at its end), or ``None`` when it is empty."""
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return None
 
 
 @asynccontextmanager
@@ -120,23 +168,63 @@ async def stdio_transport(
     The child gets a safe subset of our environment plus ``env`` (as the SDK does), runs in a
     session of its own (a signal to the gateway's process group does not reach it), and is
     stopped on exit: stdin closed, then SIGTERM to its group, then SIGKILL, each after a grace.
+
+    The connection ends when the child exits, not only at the end of its stdout: a process it
+    left behind may hold stdout open, and a request written just before the child died would
+    otherwise wait for its whole timeout. What the child wrote before it exited is still read.
     """
-    process = await anyio.open_process(
-        [command, *args],
-        env={**get_default_environment(), **env},
-        cwd=cwd,
-        stderr=errlog,
-        start_new_session=True,
-    )
+    stdin_read, stdin_write = os.pipe()
+    stdout_read, stdout_write = os.pipe()
+    try:
+        process = await anyio.open_process(
+            [command, *args],
+            stdin=stdin_read,
+            stdout=stdout_write,
+            env={**get_default_environment(), **env},
+            cwd=cwd,
+            stderr=errlog,
+            start_new_session=True,
+        )
+    except BaseException:
+        for fd in (stdin_read, stdin_write, stdout_read, stdout_write):
+            os.close(fd)
+        raise
+    os.close(stdin_read)
+    os.close(stdout_write)
+    os.set_blocking(stdin_write, False)
+    os.set_blocking(stdout_read, False)
     read_in, read_out = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    writer = _PipeWriter(process)
+    writer = _PipeWriter(process, stdin_write)
+    exited = anyio.Event()
+    waiting: list[anyio.CancelScope] = []
+
+    async def watch_exit() -> None:
+        await process.wait()
+        writer.child_exited()  # before the read stream ends: the callers' verdicts are frozen
+        exited.set()
+        for scope in waiting:
+            scope.cancel()
 
     async def read_lines() -> None:
-        assert process.stdout is not None
         buffer = bytearray()
         async with read_in:
             try:
-                async for chunk in process.stdout:
+                while True:
+                    if not exited.is_set():
+                        with anyio.CancelScope() as scope:
+                            waiting[:] = [scope]
+                            await anyio.wait_readable(stdout_read)
+                        waiting.clear()
+                    chunk = _read_now(stdout_read)
+                    if chunk is None and not exited.is_set():
+                        continue
+                    if not chunk:
+                        # The end of stdout, or the child gone and all it wrote read. At the end
+                        # of stdout, give the child a moment to be seen exiting, so the verdict
+                        # on what it never read is there when the callers look.
+                        with anyio.move_on_after(_EXIT_GRACE):
+                            await exited.wait()
+                        return
                     buffer += chunk
                     while (end := buffer.find(b"\n")) >= 0:
                         line = bytes(buffer[:end])
@@ -151,6 +239,7 @@ async def stdio_transport(
 
     try:
         async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_exit)
             tg.start_soon(read_lines)
             try:
                 yield read_out, writer
@@ -162,6 +251,10 @@ async def stdio_transport(
     finally:
         with anyio.CancelScope(shield=True), suppress(Exception):
             await process.aclose()
+        with suppress(OSError):
+            anyio.notify_closing(stdout_read)
+            os.close(stdout_read)
+        await writer.aclose()
 
 
 def _parse(line: bytes) -> SessionMessage | Exception:
@@ -173,10 +266,7 @@ def _parse(line: bytes) -> SessionMessage | Exception:
 
 
 async def _stop(process: anyio.abc.Process) -> None:
-    """Close stdin, then escalate to SIGTERM and SIGKILL of the child's process group."""
-    if process.stdin is not None:
-        with suppress(Exception):
-            await process.stdin.aclose()
+    """Escalate to SIGTERM and SIGKILL of the child's process group (its stdin is closed)."""
     for sig in (None, signal.SIGTERM, signal.SIGKILL):
         if sig is not None and process.returncode is None:
             with suppress(ProcessLookupError, PermissionError):
