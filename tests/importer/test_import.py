@@ -23,7 +23,7 @@ from tests.http.test_http import http_downstream
 from tests.support import EXAMPLE_SERVER, Setup, npm_package
 
 MEMORY = "@modelcontextprotocol/server-memory@2026.8.31"
-PAYMENTS_READ_ONLY = {"get_invoice", "list_invoices", "echo_meta"}  # the readOnlyHint tools
+PAYMENTS_READ_ONLY = {"get_invoice", "list_invoices", "quote_fee", "echo_meta"}  # the readOnlyHint tools
 
 
 @pytest.fixture(scope="module")
