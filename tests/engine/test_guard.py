@@ -387,7 +387,9 @@ async def test_a_renewal_racing_a_completion_is_not_a_warning(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Issue 8, item 15: "lost the lease" only when another process really took the key."""
-    guard = Guard(store, lease_ttl=0.03)
+    # A 30 ms lease makes renewals race completions; the guard's own clock is frozen so that a
+    # slow claim on a busy machine is not (rightly) refused as a lease outlived before sending.
+    guard = Guard(store, lease_ttl=0.03, monotonic=lambda: 0.0)
     with caplog.at_level(logging.WARNING, logger="gateway.idempotency.guard"):
         async with anyio.create_task_group() as tg:
             await tg.start(guard.serve)
@@ -617,3 +619,23 @@ async def test_racing_retries_take_over_a_record_once(store: Store, path: str) -
             down.release.set()
     assert down.executions == 1
     assert sorted(outcome(r) for r in results) == ["executed"] + ["replayed"] * 19
+
+
+async def test_a_holder_that_outlived_its_lease_before_sending_sends_nothing(store: Store) -> None:
+    """The model checker's trace (tests/model/README.md, "Found"): a holder paused between its
+    claim and its send must not send once its lease is over by its own clock; nothing ran, so
+    the key is released and a retry executes once."""
+    now = [0.0]
+    guard, down = Guard(store, lease_ttl=5.0, monotonic=lambda: now[0]), Downstream()
+
+    async def paused(attempt: Attempt) -> dict[str, Any]:
+        now[0] += 5.0  # the process was stopped for a whole lease after claiming
+        return await down(attempt)  # which marks the call sent right before it "runs"
+
+    with pytest.raises(DownstreamUnavailable) as refused:
+        await guard.run(intent(), paused)
+    assert refused.value.extra == {"reason": "lease_expired_before_send"}
+    assert down.executions == 0
+    assert await store.get("p", KEY) is None
+    assert outcome(await guard.run(intent(), down)) == "executed"
+    assert down.executions == 1
