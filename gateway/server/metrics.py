@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,15 +118,3 @@ def _format_float(value: float) -> str:
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return repr(float(value))
-
-
-def parse(text: str) -> dict[str, float]:
-    """Samples of an exposition text by ``name{labels}`` (for tests and quick checks)."""
-    return dict(_samples(text.splitlines()))
-
-
-def _samples(lines: Iterable[str]) -> Iterable[tuple[str, float]]:
-    for line in lines:
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            yield name, float(value)
