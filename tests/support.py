@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -52,6 +53,15 @@ def npm_package(spec: str, entry: str) -> Path:
     Without Node.js and npm the calling test is skipped, except in CI (``CI`` set), where it fails.
     """
     return node.npm_package(spec, entry)
+
+
+def system_tool(name: str) -> str:
+    """The path of a Debian tool a test drives (``strace``, ``faketime``): skipped locally when it
+    is missing, failed in CI (``CI`` set), where ``.ci/run`` installs it."""
+    path = shutil.which(name)
+    if path is None:
+        node.unavailable(f"{name} is needed (apt-get install {name}; .ci/run installs it)")
+    return path
 
 
 def new_key() -> str:

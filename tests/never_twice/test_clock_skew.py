@@ -11,7 +11,6 @@ done it at once); everything else is gated on the ledger and on answers.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ import pg
 import pytest
 
 from tests.never_twice.kit import WAIT, Running, gateway
-from tests.support import Setup, error_code, new_key, outcome, wait_for
+from tests.support import Setup, error_code, new_key, outcome, system_tool, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -40,9 +39,7 @@ def pg_setup(tmp_path: Path, postgres_url: str) -> Iterator[Setup]:
 
 @asynccontextmanager
 async def two_replicas(setup: Setup) -> AsyncIterator[tuple[Running, Running]]:
-    faketime = shutil.which("faketime")
-    if faketime is None:
-        pytest.fail("faketime is needed (apt-get install faketime; .ci/run installs it)")
+    faketime = system_tool("faketime")
     async with (
         gateway(setup, name="a") as a,
         gateway(setup, name="b", wrap=[faketime, "-f", SKEW], env={"FAKETIME_DONT_FAKE_MONOTONIC": "1"}) as b,

@@ -9,23 +9,18 @@ can erase the claim, and the retry runs the tool a second time.
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 
-import pytest
-
 from tests.never_twice.kit import children, gateway, parse_strace, pipes_of, sqlite_path
-from tests.support import Setup, new_key, outcome
+from tests.support import Setup, new_key, outcome, system_tool
 
 SYNCS = ("fsync", "fdatasync")
 WRITES = ("write", "pwrite64", "pwritev", "pwritev2", "writev")
 
 
 async def test_the_claim_is_fsynced_before_the_call_is_written_downstream(tmp_path: Path) -> None:
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.fail("strace is needed (apt-get install strace; .ci/run installs it)")
+    strace = system_tool("strace")
     setup = Setup(tmp_path, f"sqlite:///{tmp_path / 'gateway.db'}")
     setup.manifest()
     trace = tmp_path / "strace.txt"
