@@ -1,21 +1,30 @@
-"""Every private attribute of the MCP SDK the gateway touches, behind one door.
+"""Every private attribute of a dependency the gateway touches, behind one door.
 
-A proxy needs a few things the SDK (mcp 2.3) keeps to itself: the raw, unvalidated request
-channel of one inbound request, the connection a request came on, the per-revision stamp a
-client session puts on its requests, and the raw dispatcher under a client session. Each is
-reached here and only here, with the reason it is needed; ``tests/test_sdk_seams.py`` fails
-loudly when an SDK upgrade moves one of them.
+A proxy needs a few things its libraries keep to themselves. Each is reached here and only
+here, as one function whose docstring says why it is needed; ``tests/test_sdk_seams.py`` checks
+every one against the installed versions and fails naming the seam when an upgrade moves it.
+
+- the MCP SDK (``mcp`` 2.3): the raw request channel of an inbound request, the connection it
+  came on, a client session's per-revision stamp, its raw dispatcher and tool-listing learner,
+  and the per-era serving loops under ``Server.run``;
+- asyncio: the flow-control protocol a ``StreamWriter`` on a write pipe needs.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import mcp_types as types
 from mcp.client.session import ClientSession
+from mcp.server import Server
+from mcp.server import runner as _runner
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
+from mcp.server.models import InitializationOptions
 from mcp.shared.dispatcher import CallOptions, DispatchContext, Dispatcher
+
+# ---- the MCP SDK: server side ------------------------------------------------------------------
 
 
 def request_channel(ctx: ServerRequestContext[Any, Any]) -> DispatchContext[Any]:
@@ -38,6 +47,49 @@ def connection(ctx: ServerRequestContext[Any, Any]) -> Connection:
     only on the high-level ``Context`` that the low-level server does not build.
     """
     return ctx.session._connection
+
+
+async def serve_era(
+    server: Server[Any],
+    opening: types.JSONRPCRequest | None,
+    read_stream: Any,
+    write_stream: Any,
+    lifespan_state: Any,
+    init_options: InitializationOptions,
+) -> None:
+    """Serve one stream connection in the era its opening request chose, as ``Server.run`` does.
+
+    Why private: ``Server.run`` (``serve_dual_era_loop``) peeks at the first request through a
+    relay task and a memory stream that then carry every later message too: two checkpoints
+    and a hop between tasks per message, for a decision made once. The gateway's stdio reader
+    can look ahead itself (``gateway/server/stdio.py``), so it makes the same decision, by the
+    SDK's own rule, and runs the chosen loop on its streams directly.
+    """
+    modern = (
+        opening is not None
+        and opening.method != "initialize"
+        and _runner._has_modern_envelope(opening.params)
+    )
+    try:
+        if modern:
+            await _runner._serve_modern_stream(
+                server, read_stream, write_stream, lifespan_state=lifespan_state, raise_exceptions=False
+            )
+        else:
+            await _runner._serve_legacy_stream(
+                server,
+                read_stream,
+                write_stream,
+                lifespan_state=lifespan_state,
+                session_id=None,
+                init_options=init_options,
+                raise_exceptions=False,
+            )
+    finally:
+        await write_stream.aclose()
+
+
+# ---- the MCP SDK: client side ------------------------------------------------------------------
 
 
 def stamp(session: ClientSession, data: dict[str, Any], opts: CallOptions) -> None:
@@ -66,3 +118,15 @@ def absorb_tool_listing(session: ClientSession, listing: types.ListToolsResult) 
     how to derive the 2026-07-28 per-tool header mirroring from a listing.
     """
     return session._absorb_tool_listing(listing, complete=True)
+
+
+# ---- asyncio ------------------------------------------------------------------------------------------
+
+
+def write_pipe_protocol() -> asyncio.BaseProtocol:
+    """The protocol for ``loop.connect_write_pipe`` under an ``asyncio.StreamWriter``.
+
+    Why private: a ``StreamWriter`` needs a protocol with ``_drain_helper`` (flow control);
+    asyncio has no public one for a write-only pipe, only ``asyncio.streams.FlowControlMixin``.
+    """
+    return asyncio.streams.FlowControlMixin()

@@ -529,11 +529,9 @@ def _install_extras(gateway: Any) -> None:
 
 
 async def _serve_stdio(gateway: Any) -> None:
-    from gateway.server.stdio import stdio_transport
+    from gateway.server import stdio
 
-    server = gateway.server()
-    async with stdio_transport() as (read_stream, write_stream):
-        await server.run(read_stream, write_stream, server.create_initialization_options())
+    await stdio.serve(gateway.server())
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:

@@ -1,39 +1,188 @@
-"""The SDK's private attributes the gateway relies on (``gateway/_sdk.py``) are still there.
+"""Every private API of a dependency the gateway relies on (``gateway/_sdk.py``) still works.
 
-If an SDK upgrade moves one, this fails here, by name, instead of somewhere deep in a relay.
+Each seam is exercised for real against the installed ``mcp``, asyncio and uvicorn, and a
+failure names the seam: an upgrade that moves one fails here, by name, instead of somewhere
+deep in a relay or a transport.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
-from mcp.client.session import ClientSession
-from mcp.server.session import ServerSession
+import anyio
+import mcp_types as types
+import pytest
+from mcp import Client
+from mcp.server import Server
+from mcp.server.connection import Connection
+from mcp.server.context import ServerRequestContext
+from mcp.shared.message import SessionMessage
 
 from gateway import _sdk
 
-
-def test_the_server_session_still_holds_its_request_channel_and_connection() -> None:
-    source = inspect.getsource(ServerSession.__init__)
-    assert "self._request_outbound = request_outbound" in source
-    assert "self._connection = connection" in source
-
-
-def test_the_client_session_still_stamps_dispatches_and_absorbs_listings() -> None:
-    assert "self._stamp" in inspect.getsource(ClientSession.__init__)
-    assert "self._dispatcher" in inspect.getsource(ClientSession.__init__)
-    assert callable(ClientSession._absorb_tool_listing)
-    assert list(inspect.signature(ClientSession._absorb_tool_listing).parameters) == [
-        "self",
-        "result",
-        "complete",
-    ]
+SEAMS = {
+    "request_channel",
+    "connection",
+    "serve_era",
+    "stamp",
+    "dispatcher",
+    "absorb_tool_listing",
+    "write_pipe_protocol",
+}
+WAIT = 10.0
 
 
-def test_every_seam_is_one_function_of_the_door_module() -> None:
-    seams = {
+@contextmanager
+def seam(name: str) -> Iterator[None]:
+    """Any failure inside is reported as the named seam's."""
+    assert name in SEAMS
+    try:
+        yield
+    except Exception as exc:
+        pytest.fail(f"gateway._sdk.{name}: the installed dependency changed under it: {exc!r}")
+
+
+def test_every_seam_is_one_documented_function_of_the_door_module() -> None:
+    found = {
         name
         for name, value in vars(_sdk).items()
         if inspect.isfunction(value) and value.__module__ == _sdk.__name__
     }
-    assert seams == {"request_channel", "connection", "stamp", "dispatcher", "absorb_tool_listing"}
+    assert found == SEAMS
+    for name in found:
+        assert "Why private" in (getattr(_sdk, name).__doc__ or ""), name
+
+
+def _server(seen: list[ServerRequestContext[Any, Any]]) -> Server[Any]:
+    async def list_tools(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListToolsResult:
+        tool = types.Tool(name="echo", input_schema={"type": "object"})
+        return types.ListToolsResult(tools=[tool])
+
+    async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
+        seen.append(ctx)
+        return types.CallToolResult(content=[types.TextContent(type="text", text=ctx.protocol_version)])
+
+    return Server("seams", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+@asynccontextmanager
+async def _served_by_era(server: Server[Any]) -> AsyncIterator[tuple[Any, Any]]:
+    """A client transport whose far end is ``_sdk.serve_era``, fed the way gateway/server/stdio.py does."""
+    to_server, server_reads = anyio.create_memory_object_stream[SessionMessage | Exception](16)
+    server_writes, to_client = anyio.create_memory_object_stream[SessionMessage](16)
+    opened = anyio.Event()
+
+    class Lookahead:
+        """The server's read stream, first read up to the opening request and put back."""
+
+        def __init__(self) -> None:
+            self.ahead: list[Any] = []
+
+        async def opening(self) -> types.JSONRPCRequest | None:
+            while True:
+                item = await server_reads.receive()
+                self.ahead.append(item)
+                if isinstance(item, SessionMessage) and isinstance(item.message, types.JSONRPCRequest):
+                    return item.message
+
+        async def receive(self) -> Any:
+            return self.ahead.pop(0) if self.ahead else await server_reads.receive()
+
+        def __aiter__(self) -> Lookahead:
+            return self
+
+        async def __anext__(self) -> Any:
+            try:
+                return await self.receive()
+            except anyio.EndOfStream:
+                raise StopAsyncIteration from None
+
+        async def aclose(self) -> None:
+            await server_reads.aclose()
+
+        async def __aenter__(self) -> Lookahead:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            await self.aclose()
+
+    async def serve() -> None:
+        reader = Lookahead()
+        opening = await reader.opening()
+        opened.set()
+        options = server.create_initialization_options()
+        async with server.lifespan(server) as state:
+            await _sdk.serve_era(server, opening, reader, server_writes, state, options)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve)
+        yield to_client, to_server
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+async def test_serve_era_serves_the_era_the_opening_request_chose(mode: str) -> None:
+    seen: list[ServerRequestContext[Any, Any]] = []
+    server = _server(seen)
+    with anyio.fail_after(WAIT), seam("serve_era"):
+        async with Client(_served_by_era(server), mode=mode, cache=None) as client:  # type: ignore[arg-type]
+            result = await client.call_tool("echo", {})
+            negotiated = client.protocol_version
+    assert isinstance(result.content[0], types.TextContent)
+    assert result.content[0].text == negotiated
+    assert (mode == "legacy") == (negotiated != "2026-07-28")
+
+
+async def test_a_request_context_reaches_its_channel_and_connection() -> None:
+    seen: list[ServerRequestContext[Any, Any]] = []
+    server = _server(seen)
+    with anyio.fail_after(WAIT):
+        async with Client(_served_by_era(server), mode="legacy", cache=None) as client:  # type: ignore[arg-type]
+            await client.call_tool("echo", {})
+    (ctx,) = seen
+    with seam("request_channel"):
+        channel = _sdk.request_channel(ctx)
+        assert callable(channel.send_raw_request) and callable(channel.notify)
+    with seam("connection"):
+        conn = _sdk.connection(ctx)
+        assert isinstance(conn, Connection)
+        assert isinstance(conn.state, dict) and conn.exit_stack is not None
+
+
+async def test_a_client_session_stamps_dispatches_and_absorbs_listings() -> None:
+    server = _server([])
+    with anyio.fail_after(WAIT):
+        async with Client(_served_by_era(server), mode="2026-07-28", cache=None) as client:  # type: ignore[arg-type]
+            session = client.session
+            with seam("stamp"):
+                data: dict[str, Any] = {"method": "tools/call", "params": {"name": "echo", "arguments": {}}}
+                opts: dict[str, Any] = {}
+                _sdk.stamp(session, data, opts)  # type: ignore[arg-type]
+                assert data["params"]["_meta"][types.PROTOCOL_VERSION_META_KEY] == "2026-07-28"
+            with seam("dispatcher"):
+                raw = await _sdk.dispatcher(session).send_raw_request("tools/call", data["params"], opts)  # type: ignore[arg-type]
+                assert raw["content"][0]["text"] == "2026-07-28"
+            with seam("absorb_tool_listing"):
+                listing = types.ListToolsResult(
+                    tools=[types.Tool(name="echo", input_schema={"type": "object"})]
+                )
+                kept = _sdk.absorb_tool_listing(session, listing)
+                assert [t.name for t in kept.tools] == ["echo"]
+
+
+async def test_a_stream_writer_drains_on_the_write_pipe_protocol() -> None:
+    read_fd, write_fd = os.pipe()
+    loop = asyncio.get_running_loop()
+    with seam("write_pipe_protocol"), os.fdopen(write_fd, "wb", buffering=0) as pipe:
+        transport, protocol = await loop.connect_write_pipe(_sdk.write_pipe_protocol, pipe)
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)  # type: ignore[arg-type]
+        writer.write(b"line\n")
+        await writer.drain()
+        assert os.read(read_fd, 16) == b"line\n"
+        transport.close()
+    os.close(read_fd)

@@ -1,11 +1,24 @@
-"""MCP over our own stdin/stdout, without a thread hop per message.
+"""MCP over our own stdin/stdout: each line parsed and handed to the dispatcher, each answer written,
+by the task that has it, with no stream or task in between.
 
-The SDK's ``stdio_server`` reads and writes through worker threads: three hops (read, write,
-flush) per call, about a quarter of a millisecond, which is most of what a proxy adds. Here
-the protocol rides asyncio pipe transports on private duplicates of fd 0 and 1, and fd 0/1
-themselves are pointed at /dev/null and stderr while we serve, so a stray ``print`` (ours or a
-library's) can never corrupt the protocol stream. Where the descriptors are not pipes, sockets
-or terminals (a regular file, say), it falls back to the SDK's transport.
+The SDK's ``stdio_server`` reads and writes through worker threads and memory streams: a thread
+hop per read, write and flush, and per message two memory-stream hops (the reader's task to
+``Server.run``'s era relay, that relay to the dispatcher) plus one for every answer (to a writer
+task), each costing anyio checkpoints and event-loop passes. On a proxy whose own work per call
+is a fraction of a millisecond, that plumbing was most of the loop's time. Here:
+
+- ``LineReader`` is the dispatcher's read stream: its ``receive`` reads one line from an asyncio
+  pipe and parses it, in the dispatcher's own task;
+- ``LineWriter`` is its write stream: ``send`` serialises and writes the message from the task
+  that answers (an asyncio ``write`` hands the whole line over at once, so lines never interleave);
+- ``serve`` decides the connection's protocol era from the first request itself (it can look
+  ahead on its own reader) and runs the SDK's loop for that era directly, so no relay task sits
+  between the pipe and the dispatcher (``gateway/_sdk.py``: ``serve_era``).
+
+Both run on private duplicates of fd 0 and 1; fd 0/1 themselves point at /dev/null and stderr
+while we serve, so a stray ``print`` (ours or a library's) can never corrupt the protocol stream.
+Where the descriptors are not pipes, sockets or terminals (a regular file, say), it falls back to
+the SDK's transport and ``Server.run``.
 
 A line that is not a message gets an answer, as over HTTP, and the gateway reads on: a line
 longer than ``MAX_MESSAGE_BYTES`` (dropped whole, never buffered past the limit) or one that is
@@ -20,25 +33,29 @@ import asyncio
 import fcntl
 import logging
 import os
+import stat
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from types import TracebackType
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import mcp_types as types
 import pydantic_core
+from mcp.server import Server
 from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
-from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
 
+from gateway import _sdk
 from gateway.server.limits import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 _bad_input_log = RateLimitedLog(logger)
 
 MAX_MESSAGE_BYTES = DEFAULT_MAX_REQUEST_BODY_SIZE  # the same bound as an HTTP request body
+PRE_REQUEST_LIMIT = 8  # frames kept from before the first request (the SDK keeps as many)
 _READ_CHUNK = 64 * 1024
 
 
@@ -111,11 +128,127 @@ async def read_lines(reader: asyncio.StreamReader, limit: int) -> AsyncIterator[
 
 
 def _pipe_like(fd: int) -> bool:
-    import stat
-
     # epoll takes pipes, sockets and terminals; not /dev/null or regular files.
     mode = os.fstat(fd).st_mode
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
+
+
+class LineReader:
+    """A read stream of JSON-RPC messages, one per line of an asyncio ``StreamReader``.
+
+    A line that is not a message is answered on ``writer`` (see the module's docstring) and
+    skipped, in the reading task. ``unread`` puts items back in front: the era is decided by
+    looking ahead at the first request.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._lines = read_lines(reader, MAX_MESSAGE_BYTES)
+        self._writer = writer
+        self._ahead: deque[SessionMessage | Exception] = deque()
+        self._closed = False
+
+    async def receive(self) -> SessionMessage | Exception:
+        if self._ahead:
+            return self._ahead.popleft()
+        if self._closed:
+            raise anyio.ClosedResourceError
+        while True:
+            try:
+                line = await self._lines.__anext__()
+            except StopAsyncIteration:
+                raise anyio.EndOfStream from None
+            if line is None:
+                _bad_input_log.log(
+                    logging.WARNING,
+                    "long",
+                    "stdio: a line longer than %d bytes was dropped: answered parse error",
+                    MAX_MESSAGE_BYTES,
+                )
+                await self._reply(_error_line(types.PARSE_ERROR, "Parse error: message too long"))
+                continue
+            if not line.strip():
+                continue
+            message, error = parse_line(line)
+            if message is not None:
+                return message
+            if error is not None:
+                await self._reply(error)
+
+    async def _reply(self, data: bytes) -> None:
+        with suppress(BrokenPipeError, ConnectionResetError):
+            self._writer.write(data)
+            await self._writer.drain()
+
+    def unread(self, items: list[SessionMessage | Exception]) -> None:
+        self._ahead.extendleft(reversed(items))
+
+    async def opening_request(self) -> types.JSONRPCRequest | None:
+        """Read up to the first request and put everything read back; ``None`` at end of input."""
+        lead: list[SessionMessage | Exception] = []
+        try:
+            while True:
+                item = await self.receive()
+                if isinstance(item, SessionMessage) and isinstance(item.message, types.JSONRPCRequest):
+                    lead.append(item)
+                    return item.message
+                if len(lead) < PRE_REQUEST_LIMIT:
+                    lead.append(item)
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            return None
+        finally:
+            self.unread(lead)
+
+    def __aiter__(self) -> LineReader:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._ahead.clear()
+
+    async def __aenter__(self) -> LineReader:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class LineWriter:
+    """A write stream of JSON-RPC messages, one line each, written by the sending task."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._closed = False
+
+    async def send(self, item: SessionMessage) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._writer.is_closing():
+            raise anyio.BrokenResourceError
+        data = item.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+        try:
+            self._writer.write(data)
+            await self._writer.drain()  # waits only while the reader lags (pipe buffer full)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise anyio.BrokenResourceError from exc
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+    async def __aenter__(self) -> LineWriter:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
 
 
 async def _connect(reader: asyncio.StreamReader) -> tuple[asyncio.ReadTransport, asyncio.StreamWriter]:
@@ -124,25 +257,15 @@ async def _connect(reader: asyncio.StreamReader) -> tuple[asyncio.ReadTransport,
     wire_in = os.fdopen(fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3), "rb", buffering=0)
     wire_out = os.fdopen(fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3), "wb", buffering=0)
     read_transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), wire_in)
-    write_transport, write_protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, wire_out
-    )
+    write_transport, write_protocol = await loop.connect_write_pipe(_sdk.write_pipe_protocol, wire_out)
     return read_transport, asyncio.StreamWriter(write_transport, write_protocol, None, loop)
 
 
 @asynccontextmanager
-async def stdio_transport() -> AsyncIterator[tuple[Any, Any]]:
-    """``(read_stream, write_stream)`` for ``Server.run`` over this process's stdin/stdout."""
-    if not (_pipe_like(0) and _pipe_like(1)):
-        # Not pollable (/dev/null, a file): the SDK's threaded transport reads anything.
-        async with stdio_server() as streams:
-            yield streams
-        return
-
+async def _own_stdio() -> AsyncIterator[tuple[LineReader, LineWriter]]:
+    """Our stdin/stdout as a ``LineReader``/``LineWriter`` pair, with fd 0/1 set aside meanwhile."""
     reader = asyncio.StreamReader(limit=MAX_MESSAGE_BYTES + 1)
     read_transport, writer = await _connect(reader)
-    write_transport = writer.transport
-
     saved_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
     saved_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -150,58 +273,26 @@ async def stdio_transport() -> AsyncIterator[tuple[Any, Any]]:
     os.close(devnull)
     os.dup2(2, 1)
     try:
-        read_stream_writer, read_stream = create_context_streams[SessionMessage | Exception](0)
-        write_stream, write_stream_reader = create_context_streams[SessionMessage](0)
-
-        async def reply(data: bytes) -> None:
-            try:
-                writer.write(data)
-                await writer.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                await anyio.lowlevel.checkpoint()
-
-        async def read_messages() -> None:
-            async with read_stream_writer:
-                async for line in read_lines(reader, MAX_MESSAGE_BYTES):
-                    if line is None:
-                        _bad_input_log.log(
-                            logging.WARNING,
-                            "long",
-                            "stdio: a line longer than %d bytes was dropped: answered parse error",
-                            MAX_MESSAGE_BYTES,
-                        )
-                        await reply(_error_line(types.PARSE_ERROR, "Parse error: message too long"))
-                        continue
-                    if not line.strip():
-                        continue
-                    message, error = parse_line(line)
-                    if message is not None:
-                        await read_stream_writer.send(message)
-                    elif error is not None:
-                        await reply(error)
-
-        async def write_messages() -> None:
-            try:
-                async with write_stream_reader:
-                    async for session_message in write_stream_reader:
-                        data = session_message.message.model_dump_json(by_alias=True, exclude_unset=True)
-                        writer.write(data.encode("utf-8") + b"\n")
-                        await writer.drain()
-            except (anyio.ClosedResourceError, BrokenPipeError, ConnectionResetError):
-                await anyio.lowlevel.checkpoint()
-
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(read_messages)
-                tg.start_soon(write_messages)
-                yield read_stream, write_stream
-                tg.cancel_scope.cancel()  # the session is over; stdin may still be open
-        finally:
-            read_transport.close()
-            with suppress(Exception):
-                write_transport.close()
+        yield LineReader(reader, writer), LineWriter(writer)
     finally:
+        read_transport.close()
+        with suppress(Exception):
+            writer.transport.close()
         os.dup2(saved_in, 0)
         os.dup2(saved_out, 1)
         os.close(saved_in)
         os.close(saved_out)
+
+
+async def serve(server: Server[Any]) -> None:
+    """Serve ``server`` over this process's stdin/stdout until stdin ends (or we are cancelled)."""
+    options = server.create_initialization_options()
+    if not (_pipe_like(0) and _pipe_like(1)):
+        # Not pollable (/dev/null, a file): the SDK's threaded transport reads anything.
+        async with stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, options)
+        return
+    async with _own_stdio() as (read_stream, write_stream):
+        opening = await read_stream.opening_request()
+        async with server.lifespan(server) as state:
+            await _sdk.serve_era(server, opening, read_stream, write_stream, state, options)
