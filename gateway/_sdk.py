@@ -6,23 +6,28 @@ every one against the installed versions and fails naming the seam when an upgra
 
 - the MCP SDK (``mcp`` 2.3): the raw request channel of an inbound request, the connection it
   came on, a client session's per-revision stamp, its raw dispatcher and tool-listing learner,
-  and the per-era serving loops under ``Server.run``;
-- asyncio: the flow-control protocol a ``StreamWriter`` on a write pipe needs.
+  the per-era serving loops under ``Server.run``, and its OpenTelemetry server middleware;
+- asyncio: the flow-control protocol a ``StreamWriter`` on a write pipe needs;
+- uvicorn: a server that leaves signal handling to its host.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
 from mcp.client.session import ClientSession
 from mcp.server import Server
 from mcp.server import runner as _runner
 from mcp.server.connection import Connection
-from mcp.server.context import ServerRequestContext
+from mcp.server.context import ServerMiddleware, ServerRequestContext
 from mcp.server.models import InitializationOptions
 from mcp.shared.dispatcher import CallOptions, DispatchContext, Dispatcher
+
+if TYPE_CHECKING:
+    import uvicorn
+
 
 # ---- the MCP SDK: server side ------------------------------------------------------------------
 
@@ -89,6 +94,18 @@ async def serve_era(
         await write_stream.aclose()
 
 
+def otel_middleware() -> ServerMiddleware[Any]:
+    """The SDK's OpenTelemetry server middleware: one span per inbound request.
+
+    Why private: it lives in ``mcp.server._otel``; the SDK installs it by default, the gateway
+    takes it off its hot path and puts it back (with its own attributes) only when traces are
+    asked for (``gateway/tracing/otel.py``).
+    """
+    from mcp.server._otel import OpenTelemetryMiddleware
+
+    return OpenTelemetryMiddleware()
+
+
 # ---- the MCP SDK: client side ------------------------------------------------------------------
 
 
@@ -120,7 +137,7 @@ def absorb_tool_listing(session: ClientSession, listing: types.ListToolsResult) 
     return session._absorb_tool_listing(listing, complete=True)
 
 
-# ---- asyncio ------------------------------------------------------------------------------------------
+# ---- asyncio and uvicorn ---------------------------------------------------------------------------
 
 
 def write_pipe_protocol() -> asyncio.BaseProtocol:
@@ -130,3 +147,22 @@ def write_pipe_protocol() -> asyncio.BaseProtocol:
     asyncio has no public one for a write-only pipe, only ``asyncio.streams.FlowControlMixin``.
     """
     return asyncio.streams.FlowControlMixin()
+
+
+def uvicorn_server(config: uvicorn.Config) -> uvicorn.Server:
+    """A uvicorn server that installs no signal handlers: the CLI owns signals and cancels it.
+
+    Why private: uvicorn has no option for it; ``Server.capture_signals`` is its internal hook
+    (it swaps in its own SIGINT/SIGTERM handlers while serving and re-raises them after).
+    """
+    import contextlib
+    from collections.abc import Iterator
+
+    import uvicorn
+
+    class _Quiet(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return _Quiet(config)

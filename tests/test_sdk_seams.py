@@ -29,10 +29,12 @@ SEAMS = {
     "request_channel",
     "connection",
     "serve_era",
+    "otel_middleware",
     "stamp",
     "dispatcher",
     "absorb_tool_listing",
     "write_pipe_protocol",
+    "uvicorn_server",
 }
 WAIT = 10.0
 
@@ -175,6 +177,12 @@ async def test_a_client_session_stamps_dispatches_and_absorbs_listings() -> None
                 assert [t.name for t in kept.tools] == ["echo"]
 
 
+def test_the_otel_middleware_is_the_sdks() -> None:
+    with seam("otel_middleware"):
+        middleware = _sdk.otel_middleware()
+        assert list(inspect.signature(middleware.__call__).parameters) == ["ctx", "call_next"]
+
+
 async def test_a_stream_writer_drains_on_the_write_pipe_protocol() -> None:
     read_fd, write_fd = os.pipe()
     loop = asyncio.get_running_loop()
@@ -186,3 +194,14 @@ async def test_a_stream_writer_drains_on_the_write_pipe_protocol() -> None:
         assert os.read(read_fd, 16) == b"line\n"
         transport.close()
     os.close(read_fd)
+
+
+def test_the_uvicorn_server_leaves_signals_alone() -> None:
+    import uvicorn
+
+    with seam("uvicorn_server"):
+        assert "capture_signals" in vars(uvicorn.Server)
+        assert list(inspect.signature(uvicorn.Server.capture_signals).parameters) == ["self"]
+        server = _sdk.uvicorn_server(uvicorn.Config(app="gateway.server.http:unused"))
+        with server.capture_signals():
+            assert not server.should_exit

@@ -27,6 +27,7 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated, ServerEvent
 from mcp.shared.exceptions import MCPError
 
+from gateway import _sdk
 from gateway.audit.uris import key_uri
 from gateway.server.limits import MAX_SUBSCRIPTIONS_PER_SESSION, check_uri
 
@@ -96,9 +97,7 @@ class Subscriptions:
         if conn is None:
             conn = self._legacy[ident] = _Connection(self._principal_of(ctx), ctx.session)
             # Forget the connection's subscriptions when it closes (the SDK unwinds this stack).
-            stack = getattr(getattr(ctx.session, "_connection", None), "exit_stack", None)
-            if stack is not None:
-                stack.callback(self._legacy.pop, ident, None)
+            _sdk.connection(ctx).exit_stack.callback(self._legacy.pop, ident, None)
         return conn
 
     # ---- 2026-07-28 --------------------------------------------------------------------------
@@ -156,5 +155,5 @@ class Subscriptions:
 
 def _connection_id(ctx: ServerRequestContext[Any, Any]) -> int:
     """The connection a request came on. ``ServerSession`` is per request; its connection is
-    what lasts, and the SDK exposes it to lowlevel handlers only through the session."""
-    return id(getattr(ctx.session, "_connection", ctx.session))
+    what lasts (``gateway._sdk.connection``)."""
+    return id(_sdk.connection(ctx))

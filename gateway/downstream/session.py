@@ -36,7 +36,7 @@ import anyio
 import anyio.abc
 import mcp_types as types
 from mcp import Client
-from mcp.client._transport import Transport, TransportStreams
+from mcp.client import Transport
 from mcp.client.session import ClientRequestContext, ClientSession, IncomingMessage
 from mcp.client.subscriptions import ListenNotSupportedError, ResourceUpdated, SubscriptionLost, listen
 from mcp.shared.dispatcher import CallOptions
@@ -170,7 +170,7 @@ class _WatchedTransport:
         self._inner = inner
         self._on_end = on_end
 
-    async def __aenter__(self) -> TransportStreams:
+    async def __aenter__(self) -> tuple[Any, Any]:
         read_stream, write_stream = await self._inner.__aenter__()
         return _WatchedReadStream(read_stream, self._on_end), write_stream
 

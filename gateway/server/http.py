@@ -23,7 +23,6 @@ balancer without sticky sessions need.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -33,7 +32,7 @@ import resource
 import socket
 import stat
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,7 +51,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import __version__
+from gateway import __version__, _sdk
 from gateway.server import metrics
 from gateway.server.app import PRINCIPAL_SCOPE_KEY
 from gateway.server.audit_page import audit_routes, with_audit_assets
@@ -304,14 +303,6 @@ def build_app(
 # ---- serving ---------------------------------------------------------------------------------
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its signal handlers: the CLI owns signals and cancels us instead."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 def _listen(host: str, port: int) -> socket.socket:
     """Bind here rather than in uvicorn, which calls sys.exit on a busy port."""
     try:
@@ -357,7 +348,7 @@ async def serve_http(
         http=bounded_protocol(limits.header_timeout),
         limit_concurrency=connection_cap(limits.max_connections),
     )
-    server = _Uvicorn(config)
+    server = _sdk.uvicorn_server(config)  # no signal handlers: the CLI owns signals
     sock = _listen(host, port)
     with sock:
         logger.info(

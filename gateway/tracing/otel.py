@@ -18,14 +18,14 @@ Attributes: ``idem_gateway.tool`` and ``idem_gateway.server`` (every span of the
 SHA-256 of principal and key). Never the key itself, never an argument, never a result; an
 error is recorded by its type only, since store and downstream messages may quote a key.
 
-Built on the SDK's own OpenTelemetry support (``mcp.server._otel``, and the dispatcher's
-injection into outbound ``_meta``) rather than beside it: the call span is the SDK's, with the
-gateway's attributes added. Configured by the standard ``OTEL_*`` variables: exporters from
-``OTEL_TRACES_EXPORTER`` (``console`` writes one JSON line per span to stderr, since stdout
-carries the protocol; others by the SDK's exporter entry points, e.g. ``otlp`` once
-``opentelemetry-exporter-otlp`` is installed), the sampler from ``OTEL_TRACES_SAMPLER``, the
-service name from ``OTEL_SERVICE_NAME`` (default ``idem-gateway``). An application that set
-its own tracer provider keeps it.
+Built on the SDK's own OpenTelemetry support (its server middleware, reached through
+``gateway._sdk``, and the dispatcher's injection into outbound ``_meta``) rather than beside
+it: the call span is the SDK's, with the gateway's attributes added. Configured by the standard
+``OTEL_*`` variables: exporters from ``OTEL_TRACES_EXPORTER`` (``console`` writes one JSON line
+per span to stderr, since stdout carries the protocol; others by the SDK's exporter entry
+points, e.g. ``otlp`` once ``opentelemetry-exporter-otlp`` is installed), the sampler from
+``OTEL_TRACES_SAMPLER``, the service name from ``OTEL_SERVICE_NAME`` (default
+``idem-gateway``). An application that set its own tracer provider keeps it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from contextlib import contextmanager
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from mcp.server._otel import OpenTelemetryMiddleware
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -46,7 +45,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 
-from gateway import __version__, meta
+from gateway import __version__, _sdk, meta
 from gateway.downstream.session import DownstreamSession
 from gateway.store.base import Store
 from gateway.store.records import Claim, ClaimResult, Event, Record, Settled
@@ -99,7 +98,7 @@ class ToolCallSpans:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.sdk = OpenTelemetryMiddleware()
+        self.sdk = _sdk.otel_middleware()
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         if ctx.method != "tools/call":
