@@ -235,7 +235,8 @@ async def test_audit_events_filters_by_tool_key_outcome_principal_and_limit(setu
     bad = gateway_cli(
         "audit", "events", "--store", setup.store, "--limit", "0", cwd=setup.tmp, env=os.environ
     )
-    assert bad.returncode == 1 and "--limit" in bad.stderr
+    # A usage error, as argparse reports every bad option: exit 2, the option named, no traceback.
+    assert bad.returncode == 2 and "argument --limit" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # ---- check --------------------------------------------------------------------------------------
