@@ -26,7 +26,7 @@ import select
 import signal
 import struct
 import termios
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +61,18 @@ class Wire:
     http_status: int | None = None
     # stdio: whether the message, written whole, was provably never read (its reader died first)
     never_read: Callable[[], bool] | None = None
+    # HTTP: httpcore traced the request (``traced``), and whether it got past opening a connection
+    traced: bool = False
+    sending: bool = False
 
     @property
     def not_delivered(self) -> bool:
         if self.written:
             return self.never_read is not None and self.never_read()
-        return self.refused
+        # A request httpcore was seen opening a connection for, and that ended (cancelled when
+        # the session was torn down, say) before anything past the connect, never reached the
+        # server. No trace at all proves nothing: unknown.
+        return self.refused or (self.traced and not self.sending)
 
 
 WIRE: contextvars.ContextVar[Wire | None] = contextvars.ContextVar("idem_gateway_wire", default=None)
@@ -289,6 +295,8 @@ class _RecordingTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         wire = WIRE.get()
+        if wire is not None:
+            request.extensions = {**request.extensions, "trace": _sending_tracer(wire, request)}
         try:
             response = await self._inner.handle_async_request(request)
         except (httpx2.ConnectError, httpx2.ConnectTimeout):
@@ -303,6 +311,32 @@ class _RecordingTransport(httpx2.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+# httpcore trace events that come before any byte of the request is written.
+_BEFORE_ANY_BYTE = (
+    "connection.connect_tcp.",
+    "connection.connect_unix_socket.",
+    "connection.start_tls.",
+    "connection.retry.",
+)
+
+
+def _sending_tracer(wire: Wire, request: httpx2.Request) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """httpcore's ``trace`` extension, noting on ``wire`` how far the request got: while only
+    connection set-up was traced (TCP connect, TLS), nothing of it was written; any other event
+    (headers, HTTP/2 preface, one httpcore may add later) counts as sending, so an unfamiliar
+    name errs towards "unknown"."""
+    inner = request.extensions.get("trace")
+
+    async def trace(name: str, info: dict[str, Any]) -> None:
+        wire.traced = True
+        if not name.startswith(_BEFORE_ANY_BYTE):
+            wire.sending = True
+        if inner is not None:
+            await inner(name, info)
+
+    return trace
 
 
 @asynccontextmanager
