@@ -132,7 +132,7 @@ async def test_serve_era_serves_the_era_the_opening_request_chose(mode: str) -> 
     seen: list[ServerRequestContext[Any, Any]] = []
     server = _server(seen)
     with anyio.fail_after(WAIT), seam("serve_era"):
-        async with Client(_served_by_era(server), mode=mode, cache=None) as client:  # type: ignore[arg-type]
+        async with Client(_served_by_era(server), mode=mode, cache=None) as client:
             result = await client.call_tool("echo", {})
             negotiated = client.protocol_version
     assert isinstance(result.content[0], types.TextContent)
@@ -144,7 +144,7 @@ async def test_a_request_context_reaches_its_channel_and_connection() -> None:
     seen: list[ServerRequestContext[Any, Any]] = []
     server = _server(seen)
     with anyio.fail_after(WAIT):
-        async with Client(_served_by_era(server), mode="legacy", cache=None) as client:  # type: ignore[arg-type]
+        async with Client(_served_by_era(server), mode="legacy", cache=None) as client:
             await client.call_tool("echo", {})
     (ctx,) = seen
     with seam("request_channel"):
@@ -159,7 +159,7 @@ async def test_a_request_context_reaches_its_channel_and_connection() -> None:
 async def test_a_client_session_stamps_dispatches_and_absorbs_listings() -> None:
     server = _server([])
     with anyio.fail_after(WAIT):
-        async with Client(_served_by_era(server), mode="2026-07-28", cache=None) as client:  # type: ignore[arg-type]
+        async with Client(_served_by_era(server), mode="2026-07-28", cache=None) as client:
             session = client.session
             with seam("stamp"):
                 data: dict[str, Any] = {"method": "tools/call", "params": {"name": "echo", "arguments": {}}}
@@ -188,7 +188,7 @@ async def test_a_stream_writer_drains_on_the_write_pipe_protocol() -> None:
     loop = asyncio.get_running_loop()
     with seam("write_pipe_protocol"), os.fdopen(write_fd, "wb", buffering=0) as pipe:
         transport, protocol = await loop.connect_write_pipe(_sdk.write_pipe_protocol, pipe)
-        writer = asyncio.StreamWriter(transport, protocol, None, loop)  # type: ignore[arg-type]
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)
         writer.write(b"line\n")
         await writer.drain()
         assert os.read(read_fd, 16) == b"line\n"
