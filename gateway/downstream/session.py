@@ -55,7 +55,7 @@ from gateway.downstream.errors import (
     rejected_before_execution_status,
 )
 from gateway.downstream.relay import Caller, current_caller
-from gateway.downstream.transport import WIRE, Wire, http_transport, stdio_transport
+from gateway.downstream.transport import WIRE, Reach, Wire, http_transport, stdio_transport
 from gateway.manifests.models import ServerSpec
 
 logger = logging.getLogger(__name__)
@@ -189,6 +189,7 @@ class _Connection:
     protocol_version: str
     capabilities: types.ServerCapabilities
     max_timeout: float = math.inf
+    reach: Reach = field(default_factory=Reach)  # whether its transport is seen to get each wire
     lost: anyio.Event = field(default_factory=anyio.Event)
     changed: anyio.Event = field(default_factory=anyio.Event)  # lists changed, or lost
     callers: list[Caller] = field(default_factory=list)  # upstream requests in flight, oldest first
@@ -305,6 +306,9 @@ class DownstreamSession:
         self._conn: _Connection | None = None
         self._spoken: str | None = None  # the revision of the last connection that got ready
         self._retry_at = -math.inf
+        # Kept across reconnects: whether the transports are seen to get each request's wire is
+        # a property of the code path, learnt once.
+        self._reach = Reach()
         self._wake = anyio.Event()
         self._closing = False
         self.last_error: str | None = None
@@ -426,8 +430,9 @@ class DownstreamSession:
             answer = await self._relay(conn_box, relay.ROOTS, {})
             return answer if isinstance(answer, types.ErrorData) else _ROOTS_RESULT.validate_python(answer)
 
+        reach = self._reach
         client = Client(
-            _WatchedTransport(self._transport(), on_end),
+            _WatchedTransport(self._transport(reach), on_end),
             mode="auto",
             cache=None,
             client_info=CLIENT_INFO,
@@ -446,6 +451,7 @@ class DownstreamSession:
                     client.protocol_version,
                     client.server_capabilities,
                     max_timeout=self.spec.max_timeout,
+                    reach=reach,
                 )
                 conn_box.append(conn)
                 self.capabilities = conn.capabilities
@@ -483,17 +489,18 @@ class DownstreamSession:
             raise TimeoutError(f"connect timed out after {self.connect_timeout}s")
         return False  # pragma: no cover - the body always returns or raises
 
-    def _transport(self) -> Transport:
+    def _transport(self, reach: Reach) -> Transport:
         spec = self.spec
         if spec.transport == "stdio":
             if not spec.command:
                 raise ValueError("stdio downstream without a command")
+            reach.carried = True  # its writes run in the caller's own task, wire and all
             return stdio_transport(  # type: ignore[return-value]
                 spec.command, spec.args, env=spec.env, cwd=spec.cwd, errlog=self._errlog or sys.stderr
             )
         if not spec.url:
             raise ValueError("http downstream without a url")
-        return http_transport(spec.url, spec.headers)  # type: ignore[return-value]
+        return http_transport(spec.url, spec.headers, reach)  # type: ignore[return-value]
 
     async def _listen(self, conn: _Connection) -> None:
         """2026-07-28: changes arrive only on a ``subscriptions/listen`` stream the client opens.
@@ -826,10 +833,10 @@ class DownstreamSession:
         """Send on a live connection and map every failure to not sent / refused / unknown.
 
         The one place SDK and transport failures are translated (see ``errors.py``): only a
-        request the transport could not deliver (``Wire.not_delivered``) or one the downstream
+        request the transport could not deliver (``Wire.undelivered``) or one the downstream
         refused before executing is "nothing ran"; everything else after sending is unknown.
         """
-        wire = Wire()
+        wire = Wire(tracked=conn.reach.carried)
         token = WIRE.set(wire)
         try:
             if on_send is not None:
@@ -838,7 +845,7 @@ class DownstreamSession:
         except MCPError as exc:
             raise self._translate(conn, exc, wire, timeout) from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError) as exc:
-            if wire.not_delivered:
+            if wire.undelivered():
                 conn.mark_lost()
                 raise self._unavailable() from exc
             # The write itself failed part-way: it may have reached the peer.
@@ -848,7 +855,7 @@ class DownstreamSession:
 
     def _translate(self, conn: _Connection, exc: MCPError, wire: Wire, timeout: float | None) -> Exception:
         code = exc.code
-        if code == types.CONNECTION_CLOSED and wire.not_delivered:
+        if code == types.CONNECTION_CLOSED and wire.undelivered():
             conn.mark_lost()  # the pipe is dead or the server refuses connections: reconnect
             return self._unavailable()
         if code == types.REQUEST_TIMEOUT:

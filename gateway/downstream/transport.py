@@ -13,7 +13,10 @@ closed"; its HTTP transport maps every status >= 400 to -32603. So:
 
 What is recorded goes to the ``Wire`` of the current context (``WIRE``): ``session._send`` sets
 one per request, and the SDK runs an HTTP request's POST in the sender's context (its context
-streams carry it), so concurrent requests never see each other's wire.
+streams carry it), so concurrent requests never see each other's wire. A connection's
+``Reach`` records that this carrying was seen to work, which is what lets a request the
+transport never received count as not sent; a wire judged not sent is sealed, so the transport
+refuses it if it arrives late (a POST task the SDK spawned before its session was torn down).
 """
 
 from __future__ import annotations
@@ -53,6 +56,21 @@ _HTTP_LIMITS = httpx2.Limits(max_connections=None, max_keepalive_connections=128
 
 
 @dataclass(slots=True)
+class Reach:
+    """Whether a connection's transport has received a request together with its sender's wire.
+
+    Until it has, a request the transport never saw proves nothing (the wire may simply not have
+    travelled with it); once it has, the same SDK path carries every wire.
+    """
+
+    carried: bool = False
+
+
+class Abandoned(Exception):
+    """A request already judged not sent reached the transport late: it is not sent now either."""
+
+
+@dataclass(slots=True)
 class Wire:
     """What the transport learned about one request on its way out."""
 
@@ -61,18 +79,40 @@ class Wire:
     http_status: int | None = None
     # stdio: whether the message, written whole, was provably never read (its reader died first)
     never_read: Callable[[], bool] | None = None
-    # HTTP: httpcore traced the request (``traced``), and whether it got past opening a connection
-    traced: bool = False
+    # HTTP: httpcore traced an event past connection set-up: bytes of it may have been written
     sending: bool = False
+    # The transport received the request (``entered``: from then on httpcore's trace would see
+    # it start sending); ``tracked``: the transport is known to receive each request with its
+    # wire (``Reach.carried`` when the request was made). ``sealed``: judged not sent, so the
+    # transport must refuse it from now on.
+    entered: bool = False
+    tracked: bool = False
+    sealed: bool = False
 
-    @property
-    def not_delivered(self) -> bool:
+    def undelivered(self) -> bool:
+        """Whether the request provably never reached the server; if so it never will (sealed).
+
+        Not sent: a refused connection or dead pipe; a message the dead reader never read; a
+        request that never got as far as starting to send. That last needs the wire to be
+        watched wherever the request is (``tracked``, or seen in the transport): never
+        received by the transport (an SDK task torn down before it ran), or received and not
+        past connection set-up (httpcore traces an event before writing any byte). Sealing
+        makes the verdict final: if the request moves on later, the transport refuses it.
+        """
         if self.written:
             return self.never_read is not None and self.never_read()
-        # A request httpcore was seen opening a connection for, and that ended (cancelled when
-        # the session was torn down, say) before anything past the connect, never reached the
-        # server. No trace at all proves nothing: unknown.
-        return self.refused or (self.traced and not self.sending)
+        if self.refused:
+            return True
+        if (self.tracked or self.entered) and not self.sending:
+            self.sealed = True
+            return True
+        return False
+
+    def enter(self) -> None:
+        """The transport has the request: refuse it if it was already judged not sent."""
+        if self.sealed:
+            raise Abandoned("the request was abandoned before it was sent")
+        self.entered = True
 
 
 WIRE: contextvars.ContextVar[Wire | None] = contextvars.ContextVar("idem_gateway_wire", default=None)
@@ -100,6 +140,11 @@ class _PipeWriter:
 
     async def send(self, item: SessionMessage) -> None:
         wire = WIRE.get()
+        if wire is not None:
+            try:
+                wire.enter()
+            except Abandoned as exc:
+                raise anyio.BrokenResourceError from exc
         if self._closed or self._process.returncode is not None:
             if wire is not None:
                 wire.refused = True
@@ -288,14 +333,18 @@ async def _stop(process: anyio.abc.Process) -> None:
 
 
 class _RecordingTransport(httpx2.AsyncBaseTransport):
-    """Notes, on the current ``Wire``, a refused connection and the response's status."""
+    """Notes, on the current ``Wire``, that the request arrived, a refused connection and the
+    response's status; refuses a request whose wire was sealed."""
 
-    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
+    def __init__(self, inner: httpx2.AsyncBaseTransport, reach: Reach | None = None) -> None:
         self._inner = inner
+        self._reach = reach or Reach()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         wire = WIRE.get()
         if wire is not None:
+            wire.enter()  # before any await: a sealed request goes no further
+            self._reach.carried = True
             request.extensions = {**request.extensions, "trace": _sending_tracer(wire, request)}
         try:
             response = await self._inner.handle_async_request(request)
@@ -330,8 +379,10 @@ def _sending_tracer(wire: Wire, request: httpx2.Request) -> Callable[[str, dict[
     inner = request.extensions.get("trace")
 
     async def trace(name: str, info: dict[str, Any]) -> None:
-        wire.traced = True
         if not name.startswith(_BEFORE_ANY_BYTE):
+            if wire.sealed and not wire.sending:
+                # Judged not sent while its connection was opening: it stays unsent.
+                raise Abandoned("the request was abandoned before it was sent")
             wire.sending = True
         if inner is not None:
             await inner(name, info)
@@ -340,16 +391,18 @@ def _sending_tracer(wire: Wire, request: httpx2.Request) -> Callable[[str, dict[
 
 
 @asynccontextmanager
-async def http_transport(url: str, headers: Mapping[str, str]) -> AsyncIterator[tuple[Any, Any]]:
+async def http_transport(
+    url: str, headers: Mapping[str, str], reach: Reach | None = None
+) -> AsyncIterator[tuple[Any, Any]]:
     """Streamable HTTP with the manifest's headers on every request, over a recording transport.
 
     The httpx client is created here and closed with the transport (the SDK closes only
-    clients it created itself).
+    clients it created itself). ``reach`` learns when the wires are seen to arrive.
     """
     client = httpx2.AsyncClient(
         headers=dict(headers) or None,
         timeout=_HTTP_TIMEOUT,
-        transport=_RecordingTransport(httpx2.AsyncHTTPTransport(limits=_HTTP_LIMITS)),
+        transport=_RecordingTransport(httpx2.AsyncHTTPTransport(limits=_HTTP_LIMITS), reach),
     )
     async with client, streamable_http_client(url, http_client=client) as streams:
         yield streams
