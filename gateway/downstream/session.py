@@ -189,7 +189,6 @@ class _Connection:
     protocol_version: str
     capabilities: types.ServerCapabilities
     max_timeout: float = math.inf
-    reach: Reach = field(default_factory=Reach)  # whether its transport is seen to get each wire
     lost: anyio.Event = field(default_factory=anyio.Event)
     changed: anyio.Event = field(default_factory=anyio.Event)  # lists changed, or lost
     callers: list[Caller] = field(default_factory=list)  # upstream requests in flight, oldest first
@@ -430,9 +429,8 @@ class DownstreamSession:
             answer = await self._relay(conn_box, relay.ROOTS, {})
             return answer if isinstance(answer, types.ErrorData) else _ROOTS_RESULT.validate_python(answer)
 
-        reach = self._reach
         client = Client(
-            _WatchedTransport(self._transport(reach), on_end),
+            _WatchedTransport(self._transport(), on_end),
             mode="auto",
             cache=None,
             client_info=CLIENT_INFO,
@@ -451,7 +449,6 @@ class DownstreamSession:
                     client.protocol_version,
                     client.server_capabilities,
                     max_timeout=self.spec.max_timeout,
-                    reach=reach,
                 )
                 conn_box.append(conn)
                 self.capabilities = conn.capabilities
@@ -489,18 +486,18 @@ class DownstreamSession:
             raise TimeoutError(f"connect timed out after {self.connect_timeout}s")
         return False  # pragma: no cover - the body always returns or raises
 
-    def _transport(self, reach: Reach) -> Transport:
+    def _transport(self) -> Transport:
         spec = self.spec
         if spec.transport == "stdio":
             if not spec.command:
                 raise ValueError("stdio downstream without a command")
-            reach.carried = True  # its writes run in the caller's own task, wire and all
+            self._reach.carried = True  # its writes run in the caller's own task, wire and all
             return stdio_transport(  # type: ignore[return-value]
                 spec.command, spec.args, env=spec.env, cwd=spec.cwd, errlog=self._errlog or sys.stderr
             )
         if not spec.url:
             raise ValueError("http downstream without a url")
-        return http_transport(spec.url, spec.headers, reach)  # type: ignore[return-value]
+        return http_transport(spec.url, spec.headers, self._reach)  # type: ignore[return-value]
 
     async def _listen(self, conn: _Connection) -> None:
         """2026-07-28: changes arrive only on a ``subscriptions/listen`` stream the client opens.
@@ -836,7 +833,7 @@ class DownstreamSession:
         request the transport could not deliver (``Wire.undelivered``) or one the downstream
         refused before executing is "nothing ran"; everything else after sending is unknown.
         """
-        wire = Wire(tracked=conn.reach.carried)
+        wire = Wire(tracked=self._reach.carried)
         token = WIRE.set(wire)
         try:
             if on_send is not None:

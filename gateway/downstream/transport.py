@@ -13,7 +13,7 @@ closed"; its HTTP transport maps every status >= 400 to -32603. So:
 
 What is recorded goes to the ``Wire`` of the current context (``WIRE``): ``session._send`` sets
 one per request, and the SDK runs an HTTP request's POST in the sender's context (its context
-streams carry it), so concurrent requests never see each other's wire. A connection's
+streams carry it), so concurrent requests never see each other's wire. A downstream session's
 ``Reach`` records that this carrying was seen to work, which is what lets a request the
 transport never received count as not sent; a wire judged not sent is sealed, so the transport
 refuses it if it arrives late (a POST task the SDK spawned before its session was torn down).
@@ -57,7 +57,7 @@ _HTTP_LIMITS = httpx2.Limits(max_connections=None, max_keepalive_connections=128
 
 @dataclass(slots=True)
 class Reach:
-    """Whether a connection's transport has received a request together with its sender's wire.
+    """Whether a session's transports have received a request together with its sender's wire.
 
     Until it has, a request the transport never saw proves nothing (the wire may simply not have
     travelled with it); once it has, the same SDK path carries every wire.
@@ -380,7 +380,7 @@ def _sending_tracer(wire: Wire, request: httpx2.Request) -> Callable[[str, dict[
 
     async def trace(name: str, info: dict[str, Any]) -> None:
         if not name.startswith(_BEFORE_ANY_BYTE):
-            if wire.sealed and not wire.sending:
+            if wire.sealed:
                 # Judged not sent while its connection was opening: it stays unsent.
                 raise Abandoned("the request was abandoned before it was sent")
             wire.sending = True
