@@ -6,7 +6,9 @@ every one against the installed versions and fails naming the seam when an upgra
 
 - the MCP SDK (``mcp`` 2.3): the raw request channel of an inbound request, the connection it
   came on, a client session's per-revision stamp, its raw dispatcher and tool-listing learner,
-  the per-era serving loops under ``Server.run``, and its OpenTelemetry server middleware;
+  the per-era serving loops under ``Server.run``, its OpenTelemetry server middleware, the
+  streamable HTTP session manager's session and owner tables, and a session transport's count
+  of requests in flight;
 - asyncio: the flow-control protocol a ``StreamWriter`` on a write pipe needs;
 - uvicorn: a server that leaves signal handling to its host.
 """
@@ -27,6 +29,9 @@ from mcp.shared.dispatcher import CallOptions, DispatchContext, Dispatcher
 
 if TYPE_CHECKING:
     import uvicorn
+    from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
+    from mcp.server.streamable_http import StreamableHTTPServerTransport
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 
 # ---- the MCP SDK: server side ------------------------------------------------------------------
@@ -104,6 +109,36 @@ def otel_middleware() -> ServerMiddleware[Any]:
     from mcp.server._otel import OpenTelemetryMiddleware
 
     return OpenTelemetryMiddleware()
+
+
+# ---- the MCP SDK: streamable HTTP sessions --------------------------------------------------------
+
+
+def http_sessions(manager: StreamableHTTPSessionManager) -> dict[str, StreamableHTTPServerTransport]:
+    """The manager's live sessions: session id → its transport (the manager's own dict, not a copy).
+
+    Why private: the manager caps sessions only in total (``max_sessions``); the gateway caps
+    them per principal (``gateway/server/http_limits.py``) and must see which are open.
+    """
+    return manager._server_instances
+
+
+def http_session_owners(manager: StreamableHTTPSessionManager) -> dict[str, AuthorizationContext]:
+    """Who opened each session: session id → its principal (the manager's own dict).
+
+    Why private: the manager records the opening credential only to refuse another one's
+    requests; the per-principal cap counts a principal's sessions by it.
+    """
+    return manager._session_owners
+
+
+def requests_in_flight(transport: StreamableHTTPServerTransport) -> int:
+    """How many requests a session's transport is serving now (an open GET stream counts).
+
+    Why private: the transport counts them to suspend its idle timeout and exposes no reading
+    of it; the per-principal cap ends only a session its idle timeout could have ended.
+    """
+    return transport._requests_in_flight
 
 
 # ---- the MCP SDK: client side ------------------------------------------------------------------

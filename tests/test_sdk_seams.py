@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -19,8 +20,12 @@ import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.server import Server
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.message import SessionMessage
 
 from gateway import _sdk
@@ -30,6 +35,9 @@ SEAMS = {
     "connection",
     "serve_era",
     "otel_middleware",
+    "http_sessions",
+    "http_session_owners",
+    "requests_in_flight",
     "stamp",
     "dispatcher",
     "absorb_tool_listing",
@@ -154,6 +162,77 @@ async def test_a_request_context_reaches_its_channel_and_connection() -> None:
         conn = _sdk.connection(ctx)
         assert isinstance(conn, Connection)
         assert isinstance(conn.state, dict) and conn.exit_stack is not None
+
+
+async def test_a_session_manager_shows_its_sessions_their_owners_and_requests_in_flight() -> None:
+    """A real opening request through a real manager, held at its response to look inside."""
+    manager = StreamableHTTPSessionManager(Server("seams"), json_response=True)
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "0"},
+            },
+        }
+    ).encode()
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "POST",
+        "path": "/mcp",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"accept", b"application/json, text/event-stream"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "user": AuthenticatedUser(AccessToken(token="t", client_id="alice", scopes=[])),
+    }
+    bodies = [{"type": "http.request", "body": body, "more_body": False}]
+    responding, looked, answered = anyio.Event(), anyio.Event(), anyio.Event()
+    session_ids: list[str] = []
+
+    async def receive() -> MutableMapping[str, Any]:
+        if bodies:
+            return bodies.pop()
+        await anyio.sleep_forever()
+        raise AssertionError  # unreachable
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = dict(message["headers"])
+            session_ids.append(headers[MCP_SESSION_ID_HEADER.encode()].decode())
+            responding.set()
+            await looked.wait()
+
+    async def opening() -> None:
+        await manager.handle_request(scope, receive, send)
+        answered.set()
+
+    with anyio.fail_after(WAIT):
+        async with manager.run(), anyio.create_task_group() as tg:
+            tg.start_soon(opening)
+            await responding.wait()
+            (sid,) = session_ids
+            with seam("http_sessions"):
+                sessions = _sdk.http_sessions(manager)
+                assert list(sessions) == [sid]
+                transport = sessions[sid]
+                assert isinstance(transport, StreamableHTTPServerTransport) and not transport.is_terminated
+                assert transport.idle_scope is not None  # public, but what SdkSessions.end cancels
+            with seam("http_session_owners"):
+                assert _sdk.http_session_owners(manager)[sid]["client_id"] == "alice"
+            with seam("requests_in_flight"):
+                assert _sdk.requests_in_flight(transport) == 1  # the opening request, mid-answer
+            looked.set()
+            await answered.wait()
+            with seam("requests_in_flight"):
+                assert _sdk.requests_in_flight(transport) == 0
+            tg.cancel_scope.cancel()
 
 
 async def test_a_client_session_stamps_dispatches_and_absorbs_listings() -> None:

@@ -20,8 +20,8 @@ bounded by the server itself:
   more first ends that principal's oldest *idle* session (no request in flight, no open
   stream), as the idle timeout would have; if every one is busy, the request gets ``429``.
 
-The SDK keeps its sessions in private attributes; ``SdkSessions`` is the one place that reads
-them, and ``tests/security/test_http_limits.py`` fails loudly if they move.
+The SDK keeps its sessions in private attributes; ``SdkSessions`` reads them through
+``gateway._sdk`` (whose seams ``tests/test_sdk_seams.py`` checks) and refuses to start if they moved.
 """
 
 from __future__ import annotations
@@ -32,17 +32,19 @@ import logging
 import socket
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import h11
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from gateway import _sdk
 from gateway.server.limits import RateLimitedLog
 
 logger = logging.getLogger(__name__)
@@ -176,35 +178,45 @@ def install_log_rate_limits(interval: float = 10.0) -> RateLimitFilter:
 
 
 class SdkSessions:
-    """Read-only view of the SDK session manager's private session tables (the one place)."""
+    """Read-only view of the SDK session manager's sessions, through ``gateway._sdk``."""
 
     def __init__(self, manager: StreamableHTTPSessionManager) -> None:
         self.manager = manager
-        self._ended: weakref.WeakSet[Any] = weakref.WeakSet()  # ended here, not yet discarded
-        # Fail at start-up, not at the first request, if the SDK changed under us.
-        for name in ("_server_instances", "_session_owners"):
-            if not isinstance(getattr(manager, name, None), dict):
-                raise RuntimeError(f"the MCP SDK's session manager has no {name}: update SdkSessions")
+        self._ended: weakref.WeakSet[StreamableHTTPServerTransport] = weakref.WeakSet()  # not yet discarded
+        # Fail at start-up, not at the first request, if the SDK changed under a seam.
+        checks: tuple[tuple[str, Callable[[], object], type], ...] = (
+            ("http_sessions", lambda: _sdk.http_sessions(manager), dict),
+            ("http_session_owners", lambda: _sdk.http_session_owners(manager), dict),
+            ("requests_in_flight", lambda: _sdk.requests_in_flight(StreamableHTTPServerTransport(None)), int),
+        )
+        for seam, read, kind in checks:
+            try:
+                moved = not isinstance(read(), kind)
+            except AttributeError:
+                moved = True
+            if moved:
+                raise RuntimeError(f"the MCP SDK changed under gateway._sdk.{seam}: update that seam")
 
-    def of(self, principal: str) -> list[tuple[str, Any]]:
+    def of(self, principal: str) -> list[tuple[str, StreamableHTTPServerTransport]]:
         """``(session id, transport)`` of ``principal``'s live sessions, oldest first."""
-        owners: dict[str, Any] = self.manager._session_owners
-        return [
-            (sid, transport)
-            for sid, transport in list(self.manager._server_instances.items())
-            if (owners.get(sid) or {}).get("client_id") == principal
-            and not transport.is_terminated
-            and transport not in self._ended
-        ]
+        owners = _sdk.http_session_owners(self.manager)
+        live = []
+        for sid, transport in list(_sdk.http_sessions(self.manager).items()):
+            owner = owners.get(sid)
+            if owner is None or owner["client_id"] != principal:
+                continue
+            if not transport.is_terminated and transport not in self._ended:
+                live.append((sid, transport))
+        return live
 
     @staticmethod
-    def idle(transport: Any) -> bool:
+    def idle(transport: StreamableHTTPServerTransport) -> bool:
         """No request being served and no open GET stream."""
-        return int(getattr(transport, "_requests_in_flight", 1)) == 0
+        return _sdk.requests_in_flight(transport) == 0
 
-    def end(self, transport: Any) -> bool:
+    def end(self, transport: StreamableHTTPServerTransport) -> bool:
         """End a session the way its idle timeout would; False if it has none to cancel."""
-        scope = getattr(transport, "idle_scope", None)
+        scope = transport.idle_scope  # public: the transport's own idle timeout
         if scope is None:
             return False
         scope.cancel()

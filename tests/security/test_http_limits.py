@@ -19,7 +19,6 @@ import anyio
 import anyio.abc
 import httpx2
 import pytest
-from mcp.server.streamable_http import StreamableHTTPServerTransport
 
 from tests.http.kit import (
     INITIALIZE,
@@ -224,15 +223,15 @@ async def test_a_principal_at_its_session_cap_loses_its_oldest_idle_session_or_g
                 tg.cancel_scope.cancel()
 
 
-def test_the_sdk_session_internals_the_cap_reads_are_still_there() -> None:
-    """Fails loudly when the SDK moves what ``SdkSessions`` reads (see gateway/server/http_limits.py)."""
+def test_the_session_cap_refuses_to_start_when_the_sdk_moved_its_session_table() -> None:
+    """Start-up, not the first request, names the moved seam (the seams: tests/test_sdk_seams.py)."""
     from mcp.server import Server
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
     from gateway.server.http_limits import SdkSessions
 
-    sessions = SdkSessions(StreamableHTTPSessionManager(Server("x")))
-    assert sessions.of("anyone") == []
-    transport = StreamableHTTPServerTransport(mcp_session_id="s", idle_timeout=60)
-    assert transport._requests_in_flight == 0 and SdkSessions.idle(transport)
-    assert hasattr(transport, "idle_scope")
+    assert SdkSessions(StreamableHTTPSessionManager(Server("x"))).of("anyone") == []
+    moved = StreamableHTTPSessionManager(Server("x"))
+    del moved._server_instances  # what an SDK upgrade renaming it would look like
+    with pytest.raises(RuntimeError, match=r"gateway\._sdk\.http_sessions"):
+        SdkSessions(moved)
