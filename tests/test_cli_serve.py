@@ -22,13 +22,16 @@ import anyio
 import mcp_types as types
 import pytest
 from anyio.abc import Process
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp import Client
-from mcp.client._transport import TransportStreams
 from mcp.shared.message import SessionMessage
 
 from tests.support import REPO, Setup, alive, new_key, outcome, wait_for
 
 WAIT = 30.0
+
+# The stream pair a client transport yields, spelled here: the SDK names it only privately.
+Streams = tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
 
 
 @pytest.fixture
@@ -46,7 +49,7 @@ class PipedGateway:
         self.raw = bytearray()
 
     @asynccontextmanager
-    async def transport(self) -> AsyncIterator[TransportStreams]:
+    async def transport(self) -> AsyncIterator[Streams]:
         assert self.process.stdout is not None and self.process.stdin is not None
         stdout, stdin = self.process.stdout, self.process.stdin
         to_client, from_gateway = anyio.create_memory_object_stream[SessionMessage | Exception](64)
