@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway import _sdk
-from gateway.server.limits import RateLimitedLog
+from gateway.server.limits import Clock, RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
@@ -142,9 +142,9 @@ class Listener(socket.socket):
 class RateLimitFilter(logging.Filter):
     """At most one record per interval per message (its first line), the rest counted."""
 
-    def __init__(self, interval: float = 10.0) -> None:
+    def __init__(self, interval: float = 10.0, clock: Clock = time.monotonic) -> None:
         super().__init__()
-        self._log = RateLimitedLog(logger, interval)
+        self._log = RateLimitedLog(logger, interval, clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
@@ -165,8 +165,9 @@ class RateLimitFilter(logging.Filter):
 CLIENT_TRIGGERED_LOGGERS = ("asyncio", "uvicorn.error", "mcp.server.streamable_http_manager")
 
 
-def install_log_rate_limits(interval: float = 10.0) -> RateLimitFilter:
-    limiter = RateLimitFilter(interval)
+def install_log_rate_limits(interval: float = 10.0, clock: Clock = time.monotonic) -> RateLimitFilter:
+    """Rate-limit the client-triggered loggers; a logger that already has a limiter keeps it."""
+    limiter = RateLimitFilter(interval, clock)
     for name in CLIENT_TRIGGERED_LOGGERS:
         log = logging.getLogger(name)
         if not any(isinstance(f, RateLimitFilter) for f in log.filters):

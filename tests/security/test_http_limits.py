@@ -10,15 +10,19 @@ in count and in time.
 
 from __future__ import annotations
 
+import re
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import anyio.abc
 import httpx2
 import pytest
+from anyio.abc import Process
 
 from tests.http.kit import (
     INITIALIZE,
@@ -32,6 +36,7 @@ from tests.http.kit import (
     write_tokens,
 )
 from tests.http.kit import _stop as stop_process
+from tests.security import low_fd_gateway
 from tests.support import Setup
 
 LEGACY = "2025-11-25"
@@ -109,42 +114,78 @@ async def test_past_the_connection_cap_new_requests_get_503_until_connections_cl
 
 
 @asynccontextmanager
-async def _low_fd_gateway(setup: Setup, limit: int) -> AsyncIterator[tuple[int, Path]]:
-    """The gateway under ``RLIMIT_NOFILE = limit`` (soft and hard), set before it starts."""
+async def _low_fd_gateway(setup: Setup, limit: int) -> AsyncIterator[tuple[int, Path, Process]]:
+    """The gateway under ``RLIMIT_NOFILE = limit``, its log limits observable (``low_fd_gateway.py``)."""
     port = free_port()
     log = setup.tmp / "low-fd.log"
     argv = serve_argv(setup, port, "--tokens", str(write_tokens(setup.tmp / "tokens.toml")))
-    launcher = (
-        "import os, resource, sys; "
-        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit})); "
-        "os.execv(sys.argv[1], sys.argv[1:])"
-    )
+    assert argv[1:3] == ["-m", "gateway"]
     with log.open("wb") as errlog:
         process = await anyio.open_process(
-            [sys.executable, "-c", launcher, *argv], stderr=errlog, cwd=setup.tmp
+            [sys.executable, str(Path(low_fd_gateway.__file__)), str(limit), *argv[3:]],
+            stderr=errlog,
+            cwd=setup.tmp,
         )
         try:
             from tests.http.kit import HttpGateway
 
             await _wait_healthy(HttpGateway(process, port, log))
-            yield port, log
+            yield port, log, process
         finally:
             await stop_process(process)
 
 
+_RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")  # the CLI's log format
+_HELD = re.compile(r"\(and (\d+) more like it in the last (\S+)s\)")  # RateLimitedLog.suffix
+
+
+@dataclass
+class _Written:
+    """An accept-failure record the limiter let through, and the failures tallied up to it."""
+
+    tallied: int
+    text: str
+
+
+def _accept_failures(log: Path) -> tuple[int, list[_Written]]:
+    """Accept failures tallied so far, and the records let through (with any continuation lines,
+    should a message's own line breaks ever reach the log unescaped)."""
+    tallied, written = 0, []
+    current: _Written | None = None
+    text = log.read_text()
+    for line in text[: text.rfind("\n") + 1].splitlines():  # a line still being written waits
+        if line == low_fd_gateway.TALLY:
+            tallied, current = tallied + 1, None
+        elif low_fd_gateway.ACCEPT_FAILED in line:
+            current = _Written(tallied, line)
+            written.append(current)
+        elif _RECORD_START.match(line):
+            current = None
+        elif current is not None:
+            current.text += "\n" + line
+    return tallied, written
+
+
 async def test_out_of_descriptors_the_accept_loop_logs_once_per_interval_and_recovers(setup: Setup) -> None:
-    async with _low_fd_gateway(setup, limit=128) as (port, log):
+    """Accept failures one after another (each costs one of asyncio's retries), one line per interval.
+
+    The limiter's interval is an hour, and the test turns the gateway's log clock one interval
+    forward (``low_fd_gateway.py``): what is let through depends on the failures tallied, not
+    on how long they took.
+    """
+    failures = 3  # tallied within the first interval before the clock is turned
+    async with _low_fd_gateway(setup, limit=128) as (port, log, process):
         with anyio.fail_after(WAIT):
             flood = []
             try:
                 for _ in range(300):  # more than the gateway has descriptors for
                     flood.append(await anyio.connect_tcp("127.0.0.1", port))
-                while "out of system resource" not in log.read_text():  # noqa: ASYNC110 - the gateway's log
+                while _accept_failures(log)[0] < failures:  # noqa: ASYNC110 - the gateway's log
                     await anyio.sleep(0.05)
-                # The window in which an unthrottled accept loop writes thousands of lines (the
-                # bug: over 10,000 a second); throttled, it is one line per 10 s.
-                await anyio.sleep(3)
-                logged = log.read_text()
+                within_one = _accept_failures(log)[1]
+                process.send_signal(signal.SIGUSR1)  # the next interval
+                while len(written := _accept_failures(log)[1]) < 2:  # noqa: ASYNC110 - as above
+                    await anyio.sleep(0.05)
             finally:
                 for stream in flood:
                     await stream.aclose()
@@ -156,8 +197,19 @@ async def test_out_of_descriptors_the_accept_loop_logs_once_per_interval_and_rec
                     except httpx2.TransportError:
                         pass
                     await anyio.sleep(0.1)
-    assert logged.count("out of system resource") <= 2, logged.count("out of system resource")
-    assert len(logged.splitlines()) < 200, len(logged.splitlines())
+    # Within the first interval: the first failure written as it was, the others held.
+    assert len(within_one) == 1 and within_one[0].tallied == 1, within_one
+    assert "more like it" not in within_one[0].text, within_one[0].text
+    # In the next: its first failure written, with the exact count of those held before it.
+    first, second = written[:2]
+    assert first == within_one[0] and "more like it" not in first.text
+    held = _HELD.search(second.text)
+    assert held is not None, second
+    # Every failure between the two lines is counted, once (the second line is failure N).
+    assert (int(held[1]), float(held[2])) == (second.tallied - 2, low_fd_gateway.INTERVAL), second
+    assert len(written) == 2  # nothing more let through within the second interval
+    lines = log.read_text().splitlines()
+    assert len(lines) - lines.count(low_fd_gateway.TALLY) < 200, lines[-20:]
 
 
 async def _open_session(http: httpx2.AsyncClient, url: str) -> tuple[int, str | None]:
