@@ -566,9 +566,9 @@ async def _append(results: list[dict[str, Any]], call: Any) -> None:
 
 
 async def test_a_duplicate_whose_wait_runs_out_is_refused_in_progress(store: Store) -> None:
-    down = Downstream(hold=True)
+    clock, down = Clock(), Downstream(hold=True)
     ticks = [0.0]
-    guard = Guard(store, monotonic=lambda: ticks[0])  # the wait's clock, moved by hand
+    guard = Guard(store, clock=clock, monotonic=lambda: ticks[0])  # both clocks moved by hand
     refused: list[IdempotencyKeyInProgress] = []
 
     async def duplicate() -> None:
@@ -584,10 +584,12 @@ async def test_a_duplicate_whose_wait_runs_out_is_refused_in_progress(store: Sto
                 tg.start_soon(duplicate)
                 await wait_until(lambda: guard.waiting("p", KEY) == 1)
                 ticks[0] = 6.0  # its five seconds are over
+                clock.advance(seconds=6)
                 await wait_until(lambda: bool(refused))
             finally:
                 down.release.set()
-    assert refused[0].http_status == 409 and refused[0].extra["retry_after_seconds"] >= 1
+    # The first call ends at the latest when its downstream timeout (30 s) does: 6 s are gone.
+    assert refused[0].http_status == 409 and refused[0].extra["retry_after_seconds"] == 30 - 6
     assert down.executions == 1
 
 

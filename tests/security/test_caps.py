@@ -146,6 +146,7 @@ async def test_a_principal_over_its_rate_is_refused_with_rate_limited_and_nothin
 ) -> None:
     async with sqlite_setup.client("--rate-limit", "3/h") as client:
         with anyio.fail_after(30):
+            started = anyio.current_time()
             for _ in range(3):
                 ok = await client.call_tool(
                     "create_invoice", {"customer": "a", "amount": 1, "idempotency_key": new_key()}
@@ -155,11 +156,15 @@ async def test_a_principal_over_its_rate_is_refused_with_rate_limited_and_nothin
             limited = await client.call_tool(
                 "create_invoice", {"customer": "a", "amount": 1, "idempotency_key": new_key()}
             )
+            span = anyio.current_time() - started
             after = await sqlite_setup.record_count()
             read_only = await client.call_tool("list_invoices", {})
     error = (limited.meta or {})["idem-gateway/error"]
     assert error["code"] == "rate_limited" and error["http_status"] == 429
-    assert isinstance(error["retry_after_seconds"], int) and error["retry_after_seconds"] >= 1
+    # 3/h is one token per 1200 s; the bucket refilled for the time since the first call (at
+    # most ``span``), so the wait is 1200 s less that, rounded up.
+    assert isinstance(error["retry_after_seconds"], int)
+    assert 1200 - span <= error["retry_after_seconds"] <= 1200, (error["retry_after_seconds"], span)
     assert limited.is_error and "[rate_limited]" in text_of(limited)
     assert after == stored  # no record, no event
     assert len(sqlite_setup.executions("create_invoice")) == 3
