@@ -39,7 +39,7 @@ def alive(pid: int) -> bool:
         return False
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped between the kill(0) and the read
         return False
     return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
 

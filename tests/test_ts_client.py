@@ -107,7 +107,7 @@ async def test_the_ts_client_answers_the_fixtures_requests_and_hears_its_notific
     assert report.result(15)["structuredContent"]["meta"] == {
         "traceparent": "00-0af7651916cd43dd-b7ad6b7169203331-01"
     }
-    assert report.raw["errors"] == []
+    assert report.errors() == []
 
 
 async def test_the_ts_client_hears_a_resource_update_and_a_tool_list_change(connect: dict[str, Any]) -> None:
