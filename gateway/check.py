@@ -16,7 +16,7 @@ from gateway.manifests import ManifestErrors, load_manifests
 from gateway.manifests.loader import check_exposed_names
 from gateway.server import approval
 from gateway.server.catalog import Catalog, ExposedTool
-from gateway.textsafe import escape
+from gateway.textsafe import escape, table
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -24,13 +24,6 @@ def _fmt_seconds(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds * 1000)}ms"
-
-
-def table(rows: list[list[str]]) -> str:
-    """Aligned columns for people; every cell escaped, so no cell can break its row."""
-    rows = [[escape(cell) for cell in row] for row in rows]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def review_table(tools: Iterable[ExposedTool]) -> str:

@@ -72,7 +72,7 @@ def _seconds(low: float, high: float) -> Convert:
 
 def _retention(text: str) -> float | None:
     """A duration (``90d``), or ``off`` to keep audit events for ever."""
-    from gateway.manifests.loader import MAX_DURATION_DAYS, parse_duration
+    from gateway.durations import MAX_DURATION_DAYS, parse_duration
 
     if text.strip().lower() == "off":
         return None

@@ -47,3 +47,10 @@ def escape(text: str) -> str:
 def is_safe(text: str) -> bool:
     """Whether ``escape`` would leave ``text`` unchanged."""
     return escape(text) == text
+
+
+def table(rows: list[list[str]]) -> str:
+    """Aligned columns for people; every cell escaped, so no cell can break its row."""
+    rows = [[escape(cell) for cell in row] for row in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)

@@ -239,6 +239,33 @@ async def test_audit_events_filters_by_tool_key_outcome_principal_and_limit(setu
     assert bad.returncode == 2 and "argument --limit" in bad.stderr and "Traceback" not in bad.stderr
 
 
+LIGHT_COMMANDS = """
+import sys
+import anyio
+from gateway.cli import main
+from gateway.store import open_store
+
+async def make(url: str) -> None:
+    store = open_store(url)
+    await store.open()
+    await store.close()
+
+anyio.run(make, sys.argv[1])
+codes = [main([*cmd.split(), "--store", sys.argv[1]]) for cmd in ("audit events", "audit stats", "purge")]
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("mcp", "mcp_types", "jsonschema", "uvicorn"))
+print(codes, heavy)
+"""
+
+
+def test_the_audit_and_purge_commands_never_load_the_mcp_sdk(tmp_path: Path) -> None:
+    """An operator's read commands open the store and print: importing the MCP SDK and its wire
+    types would cost each of them about 1.5 s of CPU for nothing."""
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    done = run([sys.executable, "-c", LIGHT_COMMANDS, url], cwd=tmp_path, env=os.environ)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[0, 0, 0] []"
+
+
 # ---- check --------------------------------------------------------------------------------------
 
 

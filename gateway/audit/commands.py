@@ -19,16 +19,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.resolution import output_problem, shape_problem
 from gateway.audit.stats import WINDOWS, compute_stats
 from gateway.audit.views import event_view, record_view
-from gateway.check import table
 from gateway.errors import StoreUnavailable
 from gateway.localfiles import StoreFileError, require_store
 from gateway.outcomes import Outcome
 from gateway.store import Event, EventQuery, RecordState, Store, open_store
 from gateway.store.cipher import CipherError
-from gateway.textsafe import escape
+from gateway.textsafe import escape, table
 
 SHOW_LIMIT = 1000
 START_TIMEOUT = 20.0
@@ -209,6 +207,8 @@ def _load_result(args: argparse.Namespace) -> dict[str, Any] | None:
         raise CommandError(f"cannot read {path}: {exc.strerror}") from exc
     except json.JSONDecodeError as exc:
         raise CommandError(f"{path} is not JSON: {exc}") from exc
+    from gateway.audit.resolution import shape_problem  # the SDK's wire types: only resolve needs them
+
     if (problem := shape_problem(result)) is not None:
         raise CommandError(f"{path}: {problem}")
     return result
@@ -229,6 +229,8 @@ async def _resolve(store: Store, args: argparse.Namespace, result: dict[str, Any
     if result is not None:
         is_error = bool(result.get("isError", False))
         schema = await _output_schema(args.manifests, record.server, record.tool)
+        from gateway.audit.resolution import output_problem
+
         if (problem := output_problem(result, schema)) is not None:
             raise CommandError(problem)
     event = Event(

@@ -30,7 +30,7 @@ from typing import Any, TextIO, cast
 import anyio
 
 from gateway.audit.redaction import SecretFilter, install_secret_filter
-from gateway.check import review_table, table
+from gateway.check import review_table
 from gateway.downstream import DownstreamSession
 from gateway.importer.clients import Client, ClientConfig, ConfigError, read_config
 from gateway.importer.plan import Plan, Variable, Variables, plan_all
@@ -39,6 +39,7 @@ from gateway.importer.snippet import render_snippet
 from gateway.manifests import ManifestErrors, load_manifests
 from gateway.manifests.models import ServerSpec
 from gateway.server.catalog import Catalog
+from gateway.textsafe import table
 
 DEFAULT_START_TIMEOUT = 30.0
 STDERR_TAIL = 5  # lines of a failed server's own stderr worth showing

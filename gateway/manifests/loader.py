@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from gateway.durations import MAX_DURATION, MAX_DURATION_DAYS, parse_duration
 from gateway.manifests.models import (
     KEY_ARGUMENT,
     KEY_HEADER,
@@ -100,12 +101,6 @@ class ManifestErrors(Exception):
 
 # ---------------------------------------------------------------------------------- durations
 
-_DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-# The longest duration anything takes: ten years. Beyond it, date arithmetic (now + retention)
-# would overflow, and no policy needs it.
-MAX_DURATION_DAYS = 3650
-MAX_DURATION = MAX_DURATION_DAYS * 86400.0
 # The largest `cost`: a sum over many events stays finite, and the stats stay valid JSON.
 MAX_COST = 1e12
 # What an MCP tool name may be (2025-11-25: SHOULD be 1-128 characters); a name with spaces
@@ -113,14 +108,6 @@ MAX_COST = 1e12
 MAX_TOOL_NAME = 128
 # An HTTP header name (RFC 9110 token).
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-
-
-def parse_duration(text: str) -> float:
-    """`"30s"` → 30.0. An integer and a unit (ms s m h d), nothing fancier: one reading everywhere."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"bad duration {text!r}: expected an integer and a unit (ms, s, m, h, d)")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 # ------------------------------------------------------------------------------- environment

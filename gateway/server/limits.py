@@ -25,9 +25,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import mcp_types as types
-from mcp.shared.exceptions import MCPError
-
 from gateway.errors import RateLimited
 
 __all__ = [
@@ -186,6 +183,10 @@ class RateLimiter:
 def check_uri(uri: str) -> None:
     """Refuse a resource URI longer than ``MAX_URI_LENGTH`` (a JSON-RPC invalid-params error)."""
     if len(uri) > MAX_URI_LENGTH:
+        # Imported here: the CLI reads this module's defaults, and the SDK costs 1.5 s to import.
+        import mcp_types as types
+        from mcp.shared.exceptions import MCPError
+
         raise MCPError(
             code=types.INVALID_PARAMS,
             message=f"Resource URI too long ({len(uri)} characters; at most {MAX_URI_LENGTH})",

@@ -10,6 +10,7 @@ from typing import Literal
 
 import pytest
 
+from gateway.durations import parse_duration
 from gateway.manifests import (
     ForwardKey,
     ManifestError,
@@ -18,7 +19,7 @@ from gateway.manifests import (
     ToolPolicy,
     load_manifests,
 )
-from gateway.manifests.loader import check_exposed_names, expand_env, parse_duration
+from gateway.manifests.loader import check_exposed_names, expand_env
 
 REPO = Path(__file__).resolve().parents[2]
 
