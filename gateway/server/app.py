@@ -49,7 +49,7 @@ from gateway.idempotency.guard import Guard
 from gateway.manifests.models import ServerSpec
 from gateway.secret import SecretError, check_value
 from gateway.server import approval, metrics, names, upstream
-from gateway.server.call_tool import Downstream, call_tool
+from gateway.server.call_tool import CallPath, Downstream
 from gateway.server.catalog import Catalog
 from gateway.server.exchange import AlreadyDelivered, Exchanges
 from gateway.server.limits import Limits, RateLimiter, check_uri
@@ -163,6 +163,7 @@ class Gateway:
         secret = secret if secret is not None else os.urandom(32)
         self.fingerprint = Fingerprinter(secret)
         self._secret_check = check_value(secret)
+        self.calls = CallPath(self.guard, self.record, self.fingerprint, self.approvals, self.rate_limiter)
         self.metrics = metrics.CallMetrics()  # served at /metrics over HTTP
         self.pool: DownstreamPool | None = None
         self.catalog: Catalog | None = None
@@ -365,18 +366,7 @@ class Gateway:
         downstream = self.downstream(tool.spec.name, principal)
 
         async def work() -> dict[str, Any]:
-            return await call_tool(
-                tool,
-                arguments,
-                meta,
-                principal=principal,
-                session=downstream,
-                guard=self.guard,
-                audit=self.record,
-                fingerprint=self.fingerprint,
-                rate_limiter=self.rate_limiter,
-                approvals=self.approvals,
-            )
+            return await self.calls.call(tool, arguments, meta, principal=principal, session=downstream)
 
         identity = (
             (tool.name, json.dumps(arguments, sort_keys=True, default=str)) if tool.side_effects else None

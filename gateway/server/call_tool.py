@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -92,34 +93,99 @@ def _check_arguments(tool: ExposedTool, arguments: Mapping[str, Any]) -> None:
         )
 
 
-async def call_tool(
-    tool: ExposedTool,
-    arguments: Mapping[str, Any],
-    meta: Mapping[str, Any] | None,
-    *,
-    principal: str,
-    session: Downstream,
-    guard: Guard,
-    audit: AuditSink,
-    fingerprint: Fingerprinter,
-    approvals: approval.Approvals,
-    rate_limiter: RateLimiter | None = None,
-) -> dict[str, Any]:
-    """Run one call through the gateway and return the CallToolResult dict the client gets."""
-    if not tool.side_effects:
-        return await _read_only(tool, arguments, session)
-    return await _keyed(
-        tool,
-        arguments,
-        meta,
-        principal=principal,
-        session=session,
-        guard=guard,
-        audit=audit,
-        fingerprint=fingerprint,
-        approvals=approvals,
-        rate_limiter=rate_limiter,
-    )
+@dataclass(frozen=True)
+class CallPath:
+    """What every tools/call goes through, built once per gateway: the guard that holds each key,
+    the audit trail, the keyed fingerprint, the approvals and the per-principal rate limit."""
+
+    guard: Guard
+    audit: AuditSink
+    fingerprint: Fingerprinter
+    approvals: approval.Approvals
+    rate_limiter: RateLimiter | None = None
+
+    async def call(
+        self,
+        tool: ExposedTool,
+        arguments: Mapping[str, Any],
+        meta: Mapping[str, Any] | None,
+        *,
+        principal: str,
+        session: Downstream,
+    ) -> dict[str, Any]:
+        """Run one call through the gateway and return the CallToolResult dict the client gets."""
+        if not tool.side_effects:
+            return await _read_only(tool, arguments, session)
+        return await self._keyed(tool, arguments, meta, principal=principal, session=session)
+
+    async def _keyed(
+        self,
+        tool: ExposedTool,
+        arguments: Mapping[str, Any],
+        meta: Mapping[str, Any] | None,
+        *,
+        principal: str,
+        session: Downstream,
+    ) -> dict[str, Any]:
+        """Key → validate → fingerprint → ``guard.run``: the downstream call runs at most once per key."""
+        timeout = tool.spec.timeout
+        policy = tool.policy
+        if self.rate_limiter is not None and (limited := self.rate_limiter.take(principal)) is not None:
+            return refusal_result(limited)  # nothing stored, not audited: a flood leaves no trace
+        try:
+            keyed = extract_key(
+                arguments,
+                meta,
+                policy,
+                native=tool.native,
+                forward_as=lambda key: self.fingerprint.forwarded_key(principal, key),
+            )
+            _check_arguments(
+                tool, keyed.fingerprint_arguments | ({"idempotency_key": keyed.key} if tool.native else {})
+            )
+        except GatewayError as error:
+            await _record_refusal(self.audit, error, tool, principal, arguments, at=self.guard.clock())
+            return refusal_result(error)
+
+        asks = approval.needed(policy.approve, keyed.fingerprint_arguments)
+        intent = Intent(
+            principal=principal,
+            key=keyed.key,
+            server=tool.spec.name,
+            tool=tool.name,
+            fingerprint=self.fingerprint(tool.name, keyed.fingerprint_arguments, policy.fingerprint_exclude),
+            policy=policy,
+            arguments=redact(keyed.fingerprint_arguments, policy.redact),
+            forwards_key=forwards_key(policy, native=tool.native),
+            # The first call may wait for its approval before it is even sent.
+            timeout=timeout + (policy.approval_timeout if asks else 0.0),
+        )
+
+        async def execute(attempt: Attempt) -> dict[str, Any]:
+            if asks:
+                await self.approvals.confirm(intent, attempt)  # returns when approved; else refuses
+            return await session.call_tool(
+                tool.downstream_name,
+                keyed.forward_arguments,
+                meta=keyed.forward_meta,
+                headers=keyed.forward_headers,
+                timeout=timeout,
+                on_send=attempt.mark_sent,
+            )
+
+        try:
+            return await self.guard.run(intent, execute, is_final=is_final)
+        except StoreUnavailable as error:
+            # The client gets the code and a fixed sentence; the detail (which names the store)
+            # is for the operator, once per interval.
+            _store_log.log(logging.ERROR, "store", "store unavailable, refusing calls: %s", error)
+            return refusal_result(error)
+        except GatewayError as error:
+            return refusal_result(error)
+        except DownstreamRejected as exc:
+            # Refused before executing (unknown tool, invalid params): the key was released, and
+            # the client sees the downstream's answer as the tool error it is.
+            return _tool_error(exc)
 
 
 async def _read_only(tool: ExposedTool, arguments: Mapping[str, Any], session: Downstream) -> dict[str, Any]:
@@ -133,80 +199,6 @@ async def _read_only(tool: ExposedTool, arguments: Mapping[str, Any], session: D
         # The downstream's own JSON-RPC error reaches the client as it would directly.
         if (answered := jsonrpc_error(exc, tool.spec.secrets)) is not None:
             raise answered from None
-        return _tool_error(exc)
-
-
-async def _keyed(
-    tool: ExposedTool,
-    arguments: Mapping[str, Any],
-    meta: Mapping[str, Any] | None,
-    *,
-    principal: str,
-    session: Downstream,
-    guard: Guard,
-    audit: AuditSink,
-    fingerprint: Fingerprinter,
-    approvals: approval.Approvals,
-    rate_limiter: RateLimiter | None,
-) -> dict[str, Any]:
-    """Key → validate → fingerprint → ``guard.run``: the downstream call runs at most once per key."""
-    timeout = tool.spec.timeout
-    policy = tool.policy
-    if rate_limiter is not None and (limited := rate_limiter.take(principal)) is not None:
-        return refusal_result(limited)  # nothing stored, not audited: a flood leaves no trace
-    try:
-        keyed = extract_key(
-            arguments,
-            meta,
-            policy,
-            native=tool.native,
-            forward_as=lambda key: fingerprint.forwarded_key(principal, key),
-        )
-        _check_arguments(
-            tool, keyed.fingerprint_arguments | ({"idempotency_key": keyed.key} if tool.native else {})
-        )
-    except GatewayError as error:
-        await _record_refusal(audit, error, tool, principal, arguments, at=guard.clock())
-        return refusal_result(error)
-
-    asks = approval.needed(policy.approve, keyed.fingerprint_arguments)
-    intent = Intent(
-        principal=principal,
-        key=keyed.key,
-        server=tool.spec.name,
-        tool=tool.name,
-        fingerprint=fingerprint(tool.name, keyed.fingerprint_arguments, policy.fingerprint_exclude),
-        policy=policy,
-        arguments=redact(keyed.fingerprint_arguments, policy.redact),
-        forwards_key=forwards_key(policy, native=tool.native),
-        # The first call may wait for its approval before it is even sent.
-        timeout=timeout + (policy.approval_timeout if asks else 0.0),
-    )
-
-    async def execute(attempt: Attempt) -> dict[str, Any]:
-        if asks:
-            await approvals.confirm(intent, attempt)  # returns when approved; else refuses, nothing sent
-        return await session.call_tool(
-            tool.downstream_name,
-            keyed.forward_arguments,
-            meta=keyed.forward_meta,
-            headers=keyed.forward_headers,
-            timeout=timeout,
-            on_send=attempt.mark_sent,
-        )
-
-    try:
-        return await guard.run(intent, execute, is_final=is_final)
-    except StoreUnavailable as error:
-        # The client gets the code and a fixed sentence; the detail (which names the store)
-        # is for the operator, once per interval.
-        _store_log.log(logging.ERROR, "store", "store unavailable, refusing calls: %s", error)
-        return refusal_result(error)
-    except GatewayError as error:
-        return refusal_result(error)
-    except DownstreamRejected as exc:
-        # Refused before executing (unknown tool, invalid params): the key was released, and
-        # the client sees the downstream's answer as the tool error it is.
         return _tool_error(exc)
 
 
