@@ -16,7 +16,7 @@ import anyio
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from tests.http.kit import MCP_HEADERS, TOKENS, bearer, http_gateway, write_tokens
+from tests.http.kit import INITIALIZE, MCP_HEADERS, TOKENS, bearer, http_gateway, write_tokens
 from tests.never_twice.kit import record
 from tests.support import Setup, error_code, new_key, outcome, wait_for, write_manifest
 
@@ -159,17 +159,7 @@ async def test_http_serve_reads_its_tokens_and_statelessness_from_the_environmen
         refused = await gw.post(
             "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=MCP_HEADERS
         )
-        initialize = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "0"},
-            },
-        }
-        accepted = await gw.post("/mcp", json=initialize, headers={**MCP_HEADERS, **bearer("alice")})
+        accepted = await gw.post("/mcp", json=INITIALIZE, headers={**MCP_HEADERS, **bearer("alice")})
     assert refused.status_code == 401
     assert accepted.status_code == 200
     assert "mcp-session-id" not in accepted.headers  # stateless: no handshake-era session

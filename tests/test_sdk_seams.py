@@ -29,6 +29,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.message import SessionMessage
 
 from gateway import _sdk
+from tests.http.kit import INITIALIZE
 
 SEAMS = {
     "request_channel",
@@ -167,18 +168,7 @@ async def test_a_request_context_reaches_its_channel_and_connection() -> None:
 async def test_a_session_manager_shows_its_sessions_their_owners_and_requests_in_flight() -> None:
     """A real opening request through a real manager, held at its response to look inside."""
     manager = StreamableHTTPSessionManager(Server("seams"), json_response=True)
-    body = json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "0"},
-            },
-        }
-    ).encode()
+    body = json.dumps(INITIALIZE).encode()
     scope: dict[str, Any] = {
         "type": "http",
         "method": "POST",
