@@ -7,6 +7,7 @@ progress reach the TS client and its scripted answers reach the fixture.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conformance.suite import FIXTURE, fixture_over_http
-from tests.ts_client import Report, http, run_ts_client, stdio
+from tests.ts_client import LATE_PROGRESS, Report, http, run_ts_client, stdio
 
 pytestmark = pytest.mark.node
 
@@ -133,3 +134,18 @@ async def test_the_ts_client_hears_a_resource_update_and_a_tool_list_change(conn
     assert ("test_dynamic_tool" in listed) is dynamic
     assert report.result(6)["completion"]["values"] == ["paris", "park", "party"]
     assert report.error(7)["code"] == -32602
+
+
+def test_the_report_drops_only_the_sdks_own_complaint_about_a_final_progress_it_received() -> None:
+    final = {"progressToken": 11, "progress": 100, "total": 100, "message": "Completed step 100 of 100"}
+    middle = {**final, "progress": 50}
+
+    def complaint(params: dict[str, Any]) -> str:
+        return LATE_PROGRESS + json.dumps({"method": "notifications/progress", "params": params})
+
+    received = [{"method": "notifications/progress", "params": final}]
+    report = Report({"notifications": received, "errors": [complaint(final), "a real error"]})
+    assert report.errors() == ["a real error"]
+    # Not the final step, or never received: the complaint stands.
+    assert Report({"notifications": received, "errors": [complaint(middle)]}).errors() == [complaint(middle)]
+    assert Report({"notifications": [], "errors": [complaint(final)]}).errors() == [complaint(final)]

@@ -113,21 +113,13 @@ class CallPath:
         principal: str,
         session: Downstream,
     ) -> dict[str, Any]:
-        """Run one call through the gateway and return the CallToolResult dict the client gets."""
+        """Run one call through the gateway and return the CallToolResult dict the client gets.
+
+        Read-only tools go straight through (``_read_only``); a side-effecting one goes key →
+        validate → fingerprint → ``guard.run``, so its downstream call runs at most once per key.
+        """
         if not tool.side_effects:
             return await _read_only(tool, arguments, session)
-        return await self._keyed(tool, arguments, meta, principal=principal, session=session)
-
-    async def _keyed(
-        self,
-        tool: ExposedTool,
-        arguments: Mapping[str, Any],
-        meta: Mapping[str, Any] | None,
-        *,
-        principal: str,
-        session: Downstream,
-    ) -> dict[str, Any]:
-        """Key → validate → fingerprint → ``guard.run``: the downstream call runs at most once per key."""
         timeout = tool.spec.timeout
         policy = tool.policy
         if self.rate_limiter is not None and (limited := self.rate_limiter.take(principal)) is not None:
