@@ -264,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _option(
         serve,
+        "--replay-cache",
+        env="IDEM_GATEWAY_REPLAY_CACHE",
+        default="60",
+        convert=_seconds(0, 3600),
+        help="seconds a completed result is replayed from memory without reading the store (0: every "
+        "replay reads it); an operator's forced resolve reaches a running gateway after at most this",
+    )
+    _option(
+        serve,
         "--secret-file",
         env="IDEM_GATEWAY_SECRET_FILE",
         shown="$XDG_STATE_HOME/idem-gateway/secret.key",
@@ -496,6 +505,7 @@ async def _serve(args: argparse.Namespace) -> int:
         principal=args.principal,
         lease_ttl=args.lease_ttl,
         sweep_interval=args.sweep_interval,
+        replay_cache=args.replay_cache,
         secret=secret,
         connect_wait=args.connect_wait,
         limits=limits,

@@ -29,6 +29,9 @@ from tests import node
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_SERVER = REPO / "examples" / "payments_server.py"
 DEAF = REPO / "tests" / "servers" / "deaf.py"
+NO_REPLAY_CACHE = ("--replay-cache", "0")
+"""For a test that ends a retention by editing the store: the clock would end it for the gateway's
+in-memory copy of a completed record too, a hand edit of the row does not reach that copy."""
 
 
 def alive(pid: int) -> bool:

@@ -55,10 +55,11 @@ from gateway.errors import (
     outcome_of_code,
 )
 from gateway.idempotency.decide import Call, Verdict, decide
+from gateway.idempotency.replays import ReplayCache
 from gateway.manifests.models import ToolPolicy
 from gateway.outcomes import Outcome
 from gateway.store.base import Store
-from gateway.store.records import Claim, Event, Record, Settled
+from gateway.store.records import Claim, Event, Record, RecordState, Settled
 
 logger = logging.getLogger(__name__)
 
@@ -217,8 +218,11 @@ class Guard:
         poll_max: float = 0.25,
         monotonic: Callable[[], float] = time.monotonic,
         settle_for: float = SETTLE_FOR,
+        replays: ReplayCache | None = None,
     ) -> None:
         self.store = store
+        self.replays = replays
+        """Completed records this process wrote or read: a replay from here costs no round trip."""
         self.clock: Clock = clock or store.now
         self.owner = owner or default_owner()
         self.lease_ttl = lease_ttl
@@ -332,7 +336,9 @@ class Guard:
         verdict = Verdict.CLAIM
         while True:
             now = self.clock()
-            if verdict is Verdict.CLAIM:
+            if verdict is Verdict.CLAIM and (cached := self._cached(ident)) is not None:
+                record = cached  # completed: decide replays it, or refuses another payload
+            elif verdict is Verdict.CLAIM:
                 asked = self.monotonic()
                 claimed = await self.store.claim(self._claim(intent, now))
                 if claimed.acquired:
@@ -359,13 +365,20 @@ class Guard:
                 parked.enter()
                 await self._wait(ident, min(delay, max(0.0, deadline - self.monotonic())))
                 delay = min(delay * 2, self.poll_max)
-                record = await self.store.get(*ident)
+                record = self._cached(ident) or await self.store.get(*ident)
             elif verdict is Verdict.REPLAY:
                 assert record is not None
                 return await self._replay(intent, record)
             else:
                 raise await self._refuse(intent, self._refusal(verdict, intent, record, now))
             verdict = decide(record, intent.call(wait_over=self.monotonic() >= deadline), self.clock())
+
+    def _cached(self, ident: tuple[str, str]) -> Record | None:
+        return self.replays.get(*ident) if self.replays is not None else None
+
+    def _remember(self, record: Record) -> None:
+        if self.replays is not None:
+            self.replays.put(record)
 
     def _refusal(
         self, verdict: Verdict, intent: Intent, record: Record | None, now: datetime
@@ -500,16 +513,39 @@ class Guard:
         now = self.clock()
         expires = now + timedelta(seconds=intent.policy.retention)
 
+        tombstone = self._tombstone(intent, expires)
+
         async def complete() -> Settled:
-            return await self.store.complete(
+            settled = await self.store.complete(
                 *_id(held),
                 result=result,
                 is_error=is_error,
                 executed_at=now,
                 expires_at=expires,
-                tombstone_until=self._tombstone(intent, expires),
+                tombstone_until=tombstone,
                 event=event,
             )
+            if settled is not Settled.LOST:
+                self._remember(
+                    Record(
+                        principal=held.principal,
+                        key=held.key,
+                        server=intent.server,
+                        tool=intent.tool,
+                        fingerprint=intent.fingerprint,
+                        state=RecordState.COMPLETED,
+                        fence=held.fence,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        created_at=now,
+                        expires_at=expires,
+                        tombstone_until=tombstone,
+                        first_executed_at=now,
+                        result=result,
+                        is_error=is_error,
+                    )
+                )
+            return settled
 
         await self._settle(held, "complete", complete)
 
@@ -533,6 +569,7 @@ class Guard:
 
     async def _replay(self, intent: Intent, record: Record) -> dict[str, Any]:
         assert record.result is not None
+        self._remember(record)
         refused = _refusal_outcome(record.result)
         if refused is not None:  # settled by ``Refused``: the same refusal, as it was, nothing run
             event = self._event(intent, refused, detail={"replayed": True})

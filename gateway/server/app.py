@@ -46,6 +46,7 @@ from gateway.downstream.relay import Caller, calling_for
 from gateway.errors import DownstreamUnavailable, StoreUnavailable
 from gateway.idempotency.fingerprint import Fingerprinter
 from gateway.idempotency.guard import Guard
+from gateway.idempotency.replays import ReplayCache
 from gateway.manifests.models import ServerSpec
 from gateway.secret import SecretError, check_value
 from gateway.server import approval, metrics, names, upstream
@@ -141,6 +142,7 @@ class Gateway:
         principal: str = "local",
         lease_ttl: float = 10.0,
         sweep_interval: float = 60.0,
+        replay_cache: float = 60.0,
         start_timeout: float = 10.0,
         clock: Callable[[], datetime] | None = None,
         secret: bytes | None = None,
@@ -156,7 +158,8 @@ class Gateway:
         self.start_timeout = start_timeout
         self.connect_wait = connect_wait
         self.clock = clock or store.now  # the store's time: the database's on a shared server
-        self.guard = Guard(store, clock=self.clock, lease_ttl=lease_ttl)
+        replays = ReplayCache(ttl=replay_cache) if replay_cache > 0 else None
+        self.guard = Guard(store, clock=self.clock, lease_ttl=lease_ttl, replays=replays)
         self.approvals = approval.Approvals(store, self.clock)
         # Fingerprints are keyed by the store's secret (a random one when none is given: a
         # gateway alone on its store, as in tests).

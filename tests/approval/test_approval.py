@@ -34,7 +34,17 @@ from tests.approval.kit import (
 )
 from tests.http.kit import http_gateway
 from tests.never_twice.kit import now_us
-from tests.support import Setup, error_code, meta_of, new_key, outcome, read_ledger, text_of, wait_for
+from tests.support import (
+    NO_REPLAY_CACHE,
+    Setup,
+    error_code,
+    meta_of,
+    new_key,
+    outcome,
+    read_ledger,
+    text_of,
+    wait_for,
+)
 from tests.transparency.kit import RELAY_SERVER, manifest, over_http
 
 APPROVE_ALL = {"create_invoice": {"approve": True, "redact": ["card_number"]}}
@@ -128,7 +138,7 @@ async def test_after_its_retention_a_declined_key_is_asked_about_again(setup: Se
     setup.manifest(tools=APPROVE_ALL)
     person = Person([no(), yes()])
     key = new_key()
-    async with gateway(setup, mode="legacy", person=person) as gw:
+    async with gateway(setup, *NO_REPLAY_CACHE, mode="legacy", person=person) as gw:
         declined = await gw.client.call_tool("create_invoice", invoice(key))
         await retention_ends(setup, key)
         again = await gw.client.call_tool("create_invoice", invoice(key))

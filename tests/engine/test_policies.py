@@ -14,7 +14,16 @@ import anyio
 import pytest
 
 from tests.never_twice.kit import now_us, sql, wait_record
-from tests.support import Setup, error_code, forwarded_key, meta_of, new_key, outcome, wait_for
+from tests.support import (
+    NO_REPLAY_CACHE,
+    Setup,
+    error_code,
+    forwarded_key,
+    meta_of,
+    new_key,
+    outcome,
+    wait_for,
+)
 from tests.transparency.kit import RELAY_SERVER, manifest
 
 INVOICE = {"customer": "acme", "amount": 120.5}
@@ -35,7 +44,7 @@ async def test_a_retry_after_retention_is_refused_with_reject_and_runs_anew_with
     setup.manifest(tools={"create_invoice": {"expired": expired}})
     key = new_key()
     arguments = {**INVOICE, "idempotency_key": key}
-    async with setup.client() as client:
+    async with setup.client(*NO_REPLAY_CACHE) as client:
         first = await client.call_tool("create_invoice", arguments)
         await retention_ends(setup.store, key)
         retry = await client.call_tool("create_invoice", arguments)
@@ -54,7 +63,7 @@ async def test_a_retry_after_retention_is_refused_with_reject_and_runs_anew_with
 async def test_the_sweeper_in_serve_drops_expired_results_and_keeps_reject_tombstones(setup: Setup) -> None:
     setup.manifest(tools={"create_invoice": {"expired": "reject"}})
     kept, dropped = new_key(), new_key()
-    async with setup.client("--sweep-interval", "0.1") as client:
+    async with setup.client("--sweep-interval", "0.1", *NO_REPLAY_CACHE) as client:
         assert outcome(await client.call_tool("create_invoice", {**INVOICE, "idempotency_key": kept})) == (
             "executed"
         )
