@@ -219,10 +219,13 @@ class Guard:
         monotonic: Callable[[], float] = time.monotonic,
         settle_for: float = SETTLE_FOR,
         replays: ReplayCache | None = None,
+        audit_later: Callable[[Event], bool] | None = None,
     ) -> None:
         self.store = store
         self.replays = replays
         """Completed records this process wrote or read: a replay from here costs no round trip."""
+        self.audit_later = audit_later
+        """Queues a replay's audit event to be written after the answer (False: write it now)."""
         self.clock: Clock = clock or store.now
         self.owner = owner or default_owner()
         self.lease_ttl = lease_ttl
@@ -572,14 +575,16 @@ class Guard:
         self._remember(record)
         refused = _refusal_outcome(record.result)
         if refused is not None:  # settled by ``Refused``: the same refusal, as it was, nothing run
-            event = self._event(intent, refused, detail={"replayed": True})
-            await self._quietly(self.store.append_event(event))
+            await self._audit_replay(self._event(intent, refused, detail={"replayed": True}))
             return record.result
-        await self._quietly(
-            self.store.append_event(self._event(intent, Outcome.REPLAYED, cost=intent.policy.cost))
-        )
+        await self._audit_replay(self._event(intent, Outcome.REPLAYED, cost=intent.policy.cost))
         first = record.first_executed_at or record.created_at
         return meta.stamped(record.result, outcome=Outcome.REPLAYED.value, first_executed_at=meta.iso(first))
+
+    async def _audit_replay(self, event: Event) -> None:
+        """A replay changes no record: its audit line may follow the answer (``audit_later``)."""
+        if self.audit_later is None or not self.audit_later(event):
+            await self._quietly(self.store.append_event(event))
 
     def _unknown_error(self, reason: str | None = None, *, forwards_key: bool = False) -> OutcomeUnknown:
         extra = {"reason": reason} if reason else {}

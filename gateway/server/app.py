@@ -57,6 +57,7 @@ from gateway.server.limits import Limits, RateLimiter, check_uri
 from gateway.server.results import as_mcp_error, for_client, unknown_tool
 from gateway.server.upstreams import Upstreams
 from gateway.store.base import Store
+from gateway.store.deferred import DeferredEvents
 from gateway.store.records import Event
 
 logger = logging.getLogger(__name__)
@@ -152,15 +153,17 @@ class Gateway:
         self.specs = list(specs)
         self.limits = limits or Limits()  # security hook: gateway.server.limits
         self.rate_limiter = RateLimiter(self.limits.rate)
-        self.store = store
+        self.store = DeferredEvents(store)  # a replay's audit line is written after its answer
         self.principal = principal
         self.sweep_interval = sweep_interval
         self.start_timeout = start_timeout
         self.connect_wait = connect_wait
         self.clock = clock or store.now  # the store's time: the database's on a shared server
         replays = ReplayCache(ttl=replay_cache) if replay_cache > 0 else None
-        self.guard = Guard(store, clock=self.clock, lease_ttl=lease_ttl, replays=replays)
-        self.approvals = approval.Approvals(store, self.clock)
+        self.guard = Guard(
+            self.store, clock=self.clock, lease_ttl=lease_ttl, replays=replays, audit_later=self.store.defer
+        )
+        self.approvals = approval.Approvals(self.store, self.clock)
         # Fingerprints are keyed by the store's secret (a random one when none is given: a
         # gateway alone on its store, as in tests).
         secret = secret if secret is not None else os.urandom(32)
@@ -214,6 +217,7 @@ class Gateway:
                 async with anyio.create_task_group() as tg:
                     self.exchanges = Exchanges(tg)
                     await tg.start(self.guard.serve)
+                    await tg.start(self.store.serve)
                     tg.start_soon(self._sweep, tg.cancel_scope)
                     try:
                         yield self

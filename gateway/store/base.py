@@ -14,6 +14,7 @@ Every backend passes one contract suite (``tests/store/test_contract.py``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -103,6 +104,9 @@ class RecordStore(Protocol):
 
 class AuditLog(Protocol):
     async def append_event(self, event: Event) -> None: ...
+
+    async def append_events(self, events: Sequence[Event]) -> None:
+        """Several events in one transaction (all or none), in order."""
 
     async def events(self, query: EventQuery) -> list[Event]:
         """Newest first."""

@@ -10,7 +10,7 @@ which is what lets the checker interleave them one at a time; the async methods 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -257,6 +257,9 @@ class MemoryStore:
 
     async def append_event(self, event: Event) -> None:
         self.log.append(event)
+
+    async def append_events(self, events: Sequence[Event]) -> None:
+        self.log.extend(events)
 
     async def events(self, query: EventQuery) -> list[Event]:
         found = [

@@ -1115,6 +1115,15 @@ class SqlStore:
         with self._tx() as tx:
             tx.run(self._sql_event, event_params)
 
+    async def append_events(self, events: Sequence[Event]) -> None:
+        await self._fast(self._append_events, events)
+
+    def _append_events(self, events: Sequence[Event]) -> None:
+        params = [_event_params(ev, self._cipher) for ev in events]
+        with self._tx() as tx:
+            for event_params in params:
+                tx.run(self._sql_event, event_params)
+
     async def events(self, query: EventQuery) -> list[Event]:
         return await self._call(self._events, query)
 

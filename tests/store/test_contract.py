@@ -680,6 +680,15 @@ async def test_an_event_round_trips_every_field(store: Store) -> None:
     assert got == Event(**{**{f: getattr(sent, f) for f in sent.__slots__}, "id": got.id})
 
 
+async def test_events_appended_together_are_all_written_in_order(store: Store) -> None:
+    batch = [event("replayed", at=T0 + timedelta(seconds=s), cost=float(s)) for s in range(3)]
+    await store.append_events(batch)
+    await store.append_events([])
+    got = await store.events(EventQuery())
+    assert [e.cost for e in reversed(got)] == [0.0, 1.0, 2.0]
+    assert len({e.id for e in got}) == 3
+
+
 async def test_outcome_counts_group_by_tool_and_outcome_with_spend(store: Store) -> None:
     rows = [
         ("alice", "create_invoice", "executed", 0.3, 0),
