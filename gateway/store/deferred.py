@@ -119,4 +119,3 @@ class DeferredEvents:
             self._done += len(batch)
             self._progress.set()
             self._progress = anyio.Event()
-

@@ -47,6 +47,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 
 from gateway import __version__, _sdk, meta
 from gateway.downstream.session import DownstreamSession
+from gateway.idempotency.replays import ReplayCache
 from gateway.store.base import Store
 from gateway.store.records import Claim, ClaimResult, Event, Record, Settled
 
@@ -188,6 +189,30 @@ class TracingStore:
             return released
 
 
+class TracingReplays(ReplayCache):
+    """A replay cache (with the settings of the one it stands in for) whose hits are spans: a
+    replay answered from memory touches no store, so this is where the call span learns its key."""
+
+    def __init__(self, settings: ReplayCache, tracer: Tracer) -> None:
+        super().__init__(
+            ttl=settings.ttl,
+            max_bytes=settings.max_bytes,
+            max_entry=settings.max_entry,
+            monotonic=settings.monotonic,
+        )
+        self.tracer = tracer
+
+    def get(self, principal: str, key: str) -> Record | None:
+        found = super().get(principal, key)
+        if found is not None:
+            digest = key_hash(principal, key)
+            trace.get_current_span().set_attribute(KEY_HASH, digest)
+            attributes = {TOOL: found.tool, SERVER: found.server, KEY_HASH: digest}
+            with _span(self.tracer, "idem-gateway replay from memory", attributes):
+                pass
+        return found
+
+
 def _event_attributes(event: Event | None) -> dict[str, Any]:
     if not isinstance(event, Event):
         return {}
@@ -262,6 +287,8 @@ class Tracing:
     def instrument(self, gateway: Gateway) -> None:
         """Spans for the gateway's calls and its downstream sessions (before it starts)."""
         gateway.middleware.append(ToolCallSpans(gateway))
+        if gateway.guard.replays is not None:
+            gateway.guard.replays = TracingReplays(gateway.guard.replays, self.tracer)
         sessions, tracer = gateway.session, self.tracer
 
         def traced(server: str, principal: str | None = None) -> TracedDownstream:
