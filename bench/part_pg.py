@@ -1,8 +1,11 @@
 """PostgreSQL against SQLite: first execution and replay through two stdio gateways, interleaved.
 
 Legs: ``sqlite_first`` / ``pg_first`` (fresh key per call, the fsync tool) and ``sqlite_replay`` /
-``pg_replay`` (one key repeated); each gateway has its own downstream. Then throughput at 32 in
-flight. Target (issue 15): PostgreSQL <= 1.15x SQLite for both, p50.
+``pg_replay`` (one key repeated: after its first replay, answered from the gateway's replay
+cache); each gateway has its own downstream. ``sqlite_replay_store`` / ``pg_replay_store``: the
+same key replayed through a second gateway on the same store with ``--replay-cache 0``, so every
+replay reads the store (what a replay costs on a replica that did not store the result). Then
+throughput at 32 in flight. Target (issue 15): PostgreSQL <= 1.15x SQLite for each, p50.
 """
 
 from __future__ import annotations
@@ -38,6 +41,20 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 key = new_key()
                 await first_execution(gw, key)
                 legs += [leg for leg in gateway_legs(gw, key, prefix=name) if not leg.name.endswith("_pass")]
+                uncached = gateway_stdio(manifests, store)
+                uncached.env = {**(uncached.env or {}), "IDEM_GATEWAY_REPLAY_CACHE": "0"}
+                uncached_log = work / f"gateway-{name}-uncached.log"
+                reader = await stack.enter_async_context(
+                    Client(logged(uncached, uncached_log), mode=args.mode, cache=None)
+                )
+                legs.append(
+                    Leg(
+                        f"{name}_replay_store",
+                        lambda i, c=reader, k=key: c.call_tool("append", {"x": 0, "idempotency_key": k}),
+                        expect="replayed",
+                        client=reader,
+                    )
+                )
             seq = await sequential(legs, n=args.n, warmup=args.warmup, seed=args.seed)
             thr = await throughput(legs, inflights=[32], calls=args.calls, seed=args.seed)
 
@@ -58,6 +75,13 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "<=",
             1.15,
             "pg_replay / sqlite_replay",
+        ),
+        target(
+            "PostgreSQL replay read from the store <= 1.15x SQLite, p50",
+            ratio(p50("pg_replay_store"), p50("sqlite_replay_store")),
+            "<=",
+            1.15,
+            "pg_replay_store / sqlite_replay_store",
         ),
     ]
     return {"sequential": seq, "throughput": thr, "targets": targets, "notes": notes}
