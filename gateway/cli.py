@@ -473,11 +473,12 @@ async def _serve(args: argparse.Namespace) -> int:
     except SecretError as exc:
         print(f"idem-gateway: {exc}", file=sys.stderr)
         return 1
+    tokens = None
     if args.transport == "http":
         from gateway.server.http import HttpRefused, preflight
 
         try:
-            preflight(args.host, args.tokens)
+            tokens = preflight(args.host, args.tokens)
         except HttpRefused as refused:
             print(f"idem-gateway: {refused}", file=sys.stderr)
             return 1
@@ -522,7 +523,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 from gateway.server.http import serve_http
 
                 await serve_http(
-                    gateway, host=args.host, port=args.port, tokens_file=args.tokens, stateless=args.stateless
+                    gateway, host=args.host, port=args.port, tokens=tokens, stateless=args.stateless
                 )
             tg.cancel_scope.cancel()
     except SecretError as exc:

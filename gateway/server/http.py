@@ -327,6 +327,7 @@ async def serve_http(
     host: str,
     port: int,
     tokens_file: str | Path | None = None,
+    tokens: Tokens | None = None,
     stateless: bool = False,
     max_body_size: int = DEFAULT_MAX_REQUEST_BODY_SIZE,
 ) -> None:
@@ -335,7 +336,8 @@ async def serve_http(
     A running request is a tools/call that may already be downstream: the grace period lets
     it complete and store its result rather than leave its key unknown.
     """
-    tokens = preflight(host, tokens_file)
+    if tokens is None:  # else the caller ran ``preflight`` already (the CLI, before any downstream)
+        tokens = preflight(host, tokens_file)
     app = build_app(gateway, host=host, tokens=tokens, stateless=stateless, max_body_size=max_body_size)
     limits = getattr(gateway, "limits", None) or Limits()
     install_log_rate_limits()

@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from gateway.server.http import HttpRefused, Tokens
+from tests.http.kit import http_gateway
 from tests.security.kit import logged_gateway, run_cli
 from tests.support import Setup, new_key, outcome
 
@@ -105,3 +106,11 @@ async def test_serve_refuses_a_writable_tokens_file_and_warns_on_a_readable_one(
     ran = await run_cli(*argv[:-1], "sqlite:///", "--tokens", str(readable), cwd=tmp_path)
     assert "readable by other users" in ran.stderr
     assert ran.code == 1 and "in-memory SQLite store" in ran.stderr
+
+
+async def test_a_readable_tokens_file_is_warned_about_once_by_a_serving_gateway(setup: Setup) -> None:
+    setup.manifest()
+    readable = _tokens(setup.tmp / "readable.toml", [f'alice = "{_digest("a-token-0123456789")}"'], 0o644)
+    async with http_gateway(setup, "--tokens", str(readable), tokens=False) as gateway:
+        log = gateway.log.read_text()
+    assert log.count("readable by other users") == 1, log
