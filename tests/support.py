@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
+import httpx2
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp_types import ReadResourceResult, RequestParamsMeta, TextContent, TextResourceContents
@@ -32,6 +33,12 @@ DEAF = REPO / "tests" / "servers" / "deaf.py"
 NO_REPLAY_CACHE = ("--replay-cache", "0")
 """For a test that ends a retention by editing the store: the clock would end it for the gateway's
 in-memory copy of a completed record too, a hand edit of the row does not reach that copy."""
+
+
+def http_client(headers: dict[str, str] | None = None) -> httpx2.AsyncClient:
+    """An HTTP client for ``streamable_http_client``, with the SDK transport's own timeouts (30 s,
+    300 s to read a response stream), made with the public httpx2 API."""
+    return httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0))
 
 
 def alive(pid: int) -> bool:

@@ -25,9 +25,8 @@ import pytest
 from anyio.abc import Process
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
-from tests.support import Setup
+from tests.support import Setup, http_client
 
 WAIT = 30.0
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-9876543210"}
@@ -86,7 +85,7 @@ class HttpGateway:
         """A real MCP client; ``principal=None`` sends no Authorization header."""
         headers = bearer(principal) if principal is not None else None
         async with (
-            create_mcp_http_client(headers=headers) as http,
+            http_client(headers=headers) as http,
             Client(streamable_http_client(self.url, http_client=http), mode=mode, cache=None) as client,
         ):
             yield client

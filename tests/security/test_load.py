@@ -29,10 +29,9 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 from tests.http.kit import INITIALIZE, MCP_HEADERS, http_gateway
-from tests.support import Setup, new_key, outcome
+from tests.support import Setup, http_client, new_key, outcome
 
 LEGACY = "2025-11-25"
 GENEROUS_P99 = 10.0  # seconds: a bound a loaded CI box meets, far above the target of one
@@ -155,7 +154,7 @@ async def run_load(
 
                     # The valid client, while all of the above holds on.
                     async with (
-                        create_mcp_http_client(headers=auth["alice"]) as http,
+                        http_client(headers=auth["alice"]) as http,
                         Client(
                             streamable_http_client(url, http_client=http), mode="2026-07-28", cache=None
                         ) as client,

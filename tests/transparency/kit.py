@@ -20,11 +20,10 @@ import mcp_types as types
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from pydantic import FileUrl
 
 from tests.http.kit import HttpGateway, bearer
-from tests.support import REPO, Setup, npm_package, toml_value
+from tests.support import REPO, Setup, http_client, npm_package, toml_value
 
 EVERYTHING = "@modelcontextprotocol/server-everything@2026.8.31"
 EVERYTHING_ENTRY = "@modelcontextprotocol/server-everything/dist/index.js"
@@ -168,7 +167,7 @@ async def through(
 async def over_http(gateway: HttpGateway, principal: str, mode: str, **kwargs: Any) -> AsyncIterator[Client]:
     """A client of an HTTP gateway as ``principal``."""
     async with (
-        create_mcp_http_client(headers=bearer(principal)) as http,
+        http_client(headers=bearer(principal)) as http,
         Client(
             streamable_http_client(gateway.url, http_client=http), mode=mode, cache=None, **kwargs
         ) as client,
