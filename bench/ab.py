@@ -3,7 +3,8 @@
     python bench/ab.py before=/path/to/old/checkout after=. [--legs pass,first,replay]
                        [--rounds 10] [--calls 200] [--warmup 100] [--mode auto|legacy|REVISION]
 
-Every variant is a stdio gateway (``serve --transport stdio``, SQLite) started from its own
+Every variant is a stdio gateway (``serve --transport stdio``, SQLite, or with ``--pg`` a fresh
+PostgreSQL database each) started from its own
 checkout (``PYTHONPATH``), each with its own downstream (``bench/downstream.py`` of *this*
 checkout). Round by round, in a shuffled order, each variant makes ``--calls`` sequential calls
 of each leg. Per variant and leg: p50 wall ms per call, and the CPU ms per call of the gateway
@@ -68,6 +69,7 @@ async def main() -> None:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--mode", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pg", action="store_true", help="each variant on a fresh PostgreSQL database")
     args = parser.parse_args()
     variants = {v.split("=", 1)[0]: Path(v.split("=", 1)[1]).resolve() for v in args.variants}
     legs = [leg for leg in args.legs.split(",") if leg]
@@ -83,7 +85,12 @@ async def main() -> None:
         for name, root in variants.items():
             folder = work / name
             manifests = write_manifest(folder / "manifests", ledger=folder / "ledger.jsonl")
-            argv = gateway_argv(manifests, f"sqlite:///{folder / 'store.db'}")
+            store = f"sqlite:///{folder / 'store.db'}"
+            if args.pg:
+                import pgcluster
+
+                store, _notes = stack.enter_context(pgcluster.database())
+            argv = gateway_argv(manifests, store)
             env = quiet_env(PYTHONPATH=str(root))
             params = StdioServerParameters(command=argv[0], args=argv[1:], env=env, cwd=str(root))
             client = await stack.enter_async_context(
