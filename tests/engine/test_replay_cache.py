@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from gateway.errors import IdempotencyKeyConflict, IdempotencyKeyExpired
@@ -20,8 +22,8 @@ from gateway.idempotency.replays import ReplayCache
 from gateway.store.memory import MemoryStore
 from gateway.store.records import Claim, ClaimResult, EventQuery, Record, RecordState
 from tests.engine.test_guard import KEY, Clock, Downstream, intent, outcome
-from tests.never_twice.kit import sql
-from tests.support import NO_REPLAY_CACHE, Setup, new_key
+from tests.never_twice.kit import gateway, sql, sqlite_path
+from tests.support import NO_REPLAY_CACHE, Setup, error_code, new_key, wait_for
 from tests.support import outcome as outcome_of
 
 INVOICE = {"customer": "acme", "amount": 120.5}
@@ -220,3 +222,24 @@ async def test_a_gateway_replays_from_memory_unless_told_not_to(setup: Setup, ca
     else:
         assert outcome_of(retry) == "executed"
         assert len(setup.executions("create_invoice")) == 2
+
+
+async def test_with_the_store_gone_a_cached_result_is_replayed_and_nothing_runs(tmp_path: Path) -> None:
+    """The SQLite file deleted under a running gateway (``test_store_deleted``): a new key is
+    refused, the retry of a key this gateway completed is answered from memory (nothing runs), and
+    its lost audit line is logged."""
+    setup = Setup(tmp_path, f"sqlite:///{tmp_path / 'gateway.db'}")
+    setup.manifest()
+    db = sqlite_path(setup.store)
+    key = new_key()
+    arguments: dict[str, Any] = {**INVOICE, "idempotency_key": key}
+    async with gateway(setup) as gw:
+        first = await gw.client.call_tool("create_invoice", arguments)
+        for suffix in ("", "-wal", "-shm"):
+            await anyio.Path(f"{db}{suffix}").unlink(missing_ok=True)
+        fresh = await gw.client.call_tool("create_invoice", {**INVOICE, "idempotency_key": new_key()})
+        retry = await gw.client.call_tool("create_invoice", arguments)
+        await wait_for(lambda: "audit events (they are lost)" in gw.log_text())
+    assert outcome_of(first) == "executed" and error_code(fresh) == "store_unavailable"
+    assert outcome_of(retry) == "replayed" and retry.content == first.content
+    assert len(setup.executions("create_invoice")) == 1
