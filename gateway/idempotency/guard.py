@@ -35,7 +35,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -179,6 +179,7 @@ class _Held:
     fence: int
     lease_deadline: float = math.inf  # by ``Guard.monotonic``: past it, others may judge us dead
     settling: bool = False  # a settling write is under way: a failed renewal is expected
+    claimed: Record | None = None  # the record as our claim (or take-over) wrote it
 
 
 @dataclass(slots=True)
@@ -345,7 +346,7 @@ class Guard:
                 asked = self.monotonic()
                 claimed = await self.store.claim(self._claim(intent, now))
                 if claimed.acquired:
-                    return await self._execute(intent, claimed.record.fence, execute, is_final, asked=asked)
+                    return await self._execute(intent, claimed.record, execute, is_final, asked=asked)
                 record = claimed.record
             elif verdict in (Verdict.TAKE_OVER, Verdict.RESEND):
                 assert record is not None
@@ -353,9 +354,7 @@ class Guard:
                 taken = await self.store.take_over(self._claim(intent, now), expected=record)
                 if taken is not None:
                     resent = verdict is Verdict.RESEND
-                    return await self._execute(
-                        intent, taken.fence, execute, is_final, asked=asked, resent=resent
-                    )
+                    return await self._execute(intent, taken, execute, is_final, asked=asked, resent=resent)
                 record = await self.store.get(*ident)
             elif verdict is Verdict.MARK_UNKNOWN:
                 assert record is not None
@@ -409,16 +408,16 @@ class Guard:
     async def _execute(
         self,
         intent: Intent,
-        fence: int,
+        claimed: Record,
         execute: Execute,
         is_final: IsFinal | None,
         *,
         asked: float,
         resent: bool = False,
     ) -> dict[str, Any]:
-        ident = (intent.principal, intent.key)
+        ident, fence = (intent.principal, intent.key), claimed.fence
         held = self._held[(*ident, fence)] = _Held(
-            intent.principal, intent.key, fence, lease_deadline=asked + self.lease_ttl
+            intent.principal, intent.key, fence, lease_deadline=asked + self.lease_ttl, claimed=claimed
         )
         attempt = Attempt(resent=resent, check=lambda: self._check_lease(held))
         started = time.perf_counter()
@@ -528,19 +527,13 @@ class Guard:
                 tombstone_until=tombstone,
                 event=event,
             )
-            if settled is not Settled.LOST:
+            if settled is not Settled.LOST and held.claimed is not None:
                 self._remember(
-                    Record(
-                        principal=held.principal,
-                        key=held.key,
-                        server=intent.server,
-                        tool=intent.tool,
-                        fingerprint=intent.fingerprint,
+                    replace(
+                        held.claimed,
                         state=RecordState.COMPLETED,
-                        fence=held.fence,
                         lease_owner=None,
                         lease_expires_at=None,
-                        created_at=now,
                         expires_at=expires,
                         tombstone_until=tombstone,
                         first_executed_at=now,
