@@ -21,7 +21,7 @@ from gateway.idempotency.guard import Guard
 from gateway.idempotency.replays import ReplayCache
 from gateway.store.memory import MemoryStore
 from gateway.store.records import Claim, ClaimResult, EventQuery, Record, RecordState
-from tests.engine.test_guard import KEY, Clock, Downstream, intent, outcome
+from tests.engine.test_guard import KEY, Clock, Downstream, intent, outcome, wait_until
 from tests.never_twice.kit import gateway, sql, sqlite_path
 from tests.support import NO_REPLAY_CACHE, Setup, error_code, new_key, wait_for
 from tests.support import outcome as outcome_of
@@ -133,6 +133,32 @@ async def test_a_result_read_from_the_store_is_held_for_the_next_replay() -> Non
     reads = store.reads
     await guard.run(intent(), down)
     assert store.reads == reads and down.executions == 1
+
+
+async def test_duplicates_parked_on_a_running_call_are_answered_from_memory_once_it_completes() -> None:
+    """The race, forced: the first call is held downstream; four duplicates in this process are
+    seen parked (``waiting``) before it is let go. One execution; every duplicate replays the
+    stored result, and waking costs them no store read (the completion put it in the cache)."""
+    store, clock, down = CountingStore(), Clock(), Downstream(hold=True)
+    guard = guard_with_cache(store, clock)
+    results: list[dict[str, Any]] = []
+
+    async def call() -> None:
+        results.append(await guard.run(intent(), down))
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await down.entered.wait()
+            for _ in range(4):
+                tg.start_soon(call)
+            await wait_until(lambda: guard.waiting("p", KEY) == 4)
+            reads = store.reads
+            down.release.set()
+    assert down.executions == 1
+    assert sorted(outcome(r) for r in results) == ["executed"] + ["replayed"] * 4
+    assert store.reads == reads
+    assert all(r["content"] == results[0]["content"] for r in results)
 
 
 # ---- the cache itself -----------------------------------------------------------------------------
