@@ -136,7 +136,7 @@ def _instrument_gateway() -> None:
         ("gateway.server.call_tool", "", "extract_key", "extract_key"),
         ("gateway.server.call_tool", "", "_clean", "clean_result"),
     ]
-    for op in ("claim", "complete", "get", "append_event", "release", "mark_unknown"):
+    for op in ("claim", "complete", "get", "append_events", "release", "mark_unknown"):
         probes.append(("gateway.store.sql", "SqlStore", op, f"store.{op}"))
         probes.append(("gateway.store.sql", "SqlStore", f"_{op}", f"store.{op}:sync"))
     import importlib

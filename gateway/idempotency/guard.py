@@ -514,7 +514,6 @@ class Guard:
         """Store ``result`` as the key's answer until its retention ends."""
         now = self.clock()
         expires = now + timedelta(seconds=intent.policy.retention)
-
         tombstone = self._tombstone(intent, expires)
 
         async def complete() -> Settled:

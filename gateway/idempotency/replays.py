@@ -53,7 +53,6 @@ class ReplayCache:
         self.monotonic = monotonic
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._bytes = 0
-        self.hits = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -72,7 +71,6 @@ class ReplayCache:
             self._drop(ident)
             return None
         self._entries.move_to_end(ident)
-        self.hits += 1
         return replace(entry.record, result=json.loads(entry.result))
 
     def put(self, record: Record) -> None:
@@ -91,9 +89,6 @@ class ReplayCache:
         self._bytes += len(text)
         while self._bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
-
-    def drop(self, principal: str, key: str) -> None:
-        self._drop((principal, key))
 
     def _drop(self, ident: tuple[str, str]) -> None:
         entry = self._entries.pop(ident, None)

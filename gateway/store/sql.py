@@ -465,13 +465,8 @@ class SqlStore:
         self._group = GroupCommit(self._durable_round)
         self._commit_time = 0.0  # recent average of a durable commit, in seconds
         self._local = threading.local()
-        # PostgreSQL over psycopg runs on the event loop (see ``_call``); any other driver in threads.
+        # Set for PostgreSQL over psycopg, whose calls run on the event loop (see ``_call``).
         self._async_engine: Any = None  # sqlalchemy.ext.asyncio.AsyncEngine, imported when used
-        self._on_loop = (
-            not self._sqlite
-            and self._url.get_driver_name() in ("psycopg", "psycopg_async")
-            and importlib.util.find_spec("greenlet") is not None  # SQLAlchemy's asyncio bridge
-        )
         dialect_insert = sqlite_dialect.insert if self._sqlite else pg_dialect.insert
         self._insert_claim = dialect_insert(RECORDS).on_conflict_do_nothing(
             index_elements=["principal", "key"]
@@ -528,7 +523,11 @@ class SqlStore:
                     "pool_recycle": 1800,
                     "connect_args": {"connect_timeout": max(2, math.ceil(self._busy_timeout))},
                 }
-                if self._on_loop:
+                on_loop = (
+                    self._url.get_driver_name() in ("psycopg", "psycopg_async")
+                    and importlib.util.find_spec("greenlet") is not None  # SQLAlchemy's asyncio bridge
+                )
+                if on_loop:
                     from sqlalchemy.ext.asyncio import create_async_engine
 
                     self._async_engine = create_async_engine(
@@ -1149,12 +1148,7 @@ class SqlStore:
     # -- events ----------------------------------------------------------------------------
 
     async def append_event(self, event: Event) -> None:
-        await self._fast(self._append_event, event)
-
-    def _append_event(self, ev: Event) -> None:
-        event_params = _event_params(ev, self._cipher)
-        with self._tx() as tx:
-            tx.run(self._sql_event, event_params)
+        await self.append_events((event,))
 
     async def append_events(self, events: Sequence[Event]) -> None:
         await self._fast(self._append_events, events)
