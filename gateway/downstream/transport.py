@@ -7,7 +7,9 @@ closed"; its HTTP transport maps every status >= 400 to -32603. So:
 
 - ``stdio_transport`` writes each message to the child's stdin from the caller's own task, so
   the write's outcome is the caller's to know (a dead child's pipe fails the write: nothing was
-  delivered), and it saves the SDK's writer task and stream hop on every message.
+  delivered), and it saves the SDK's writer task and stream hop on every message; the child's
+  stdout is read by the task receiving from it (the SDK's dispatcher), with no reader task or
+  stream in between.
 - ``http_transport`` gives the SDK an httpx client whose transport records, for the request
   being sent, whether the connection was refused (nothing sent) and the HTTP status.
 
@@ -29,6 +31,7 @@ import select
 import signal
 import struct
 import termios
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from typing import Any, TextIO
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import httpx2
 import mcp_types as types
 from mcp.client.stdio import get_default_environment
@@ -133,7 +137,9 @@ class _PipeWriter:
     def __init__(self, process: anyio.abc.Process, fd: int) -> None:
         self._process = process
         self._fd = fd
-        self._lock = anyio.Lock()  # one message at a time: lines must never interleave
+        # One message at a time: lines must never interleave. Taken without a yield when free
+        # (still a cancellation point): a proxied call should not pay an event-loop pass for it.
+        self._lock = anyio.Lock(fast_acquire=True)
         self._closed = False
         self._total = 0  # bytes written to the pipe so far
         self._consumed: int | None = None  # bytes the readers took, frozen once none is left
@@ -154,11 +160,15 @@ class _PipeWriter:
             view, sent = memoryview(data), 0
             try:
                 while sent < len(data):
+                    # Written at once while the pipe has room; waited for only when it is full.
+                    try:
+                        sent += os.write(self._fd, view[sent:])
+                        continue
+                    except BlockingIOError:
+                        pass
                     # A line started is finished: half a line would corrupt every later message.
                     with anyio.CancelScope(shield=sent > 0):
                         await anyio.wait_writable(self._fd)
-                    with suppress(BlockingIOError):
-                        sent += os.write(self._fd, view[sent:])
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                 # A pipe whose reader is gone: no complete line reached the child, so nothing ran.
                 self._total += sent
@@ -205,6 +215,101 @@ def _read_now(fd: int) -> bytes | None:
         return None
 
 
+class _PipeReader:
+    """The read half handed to the SDK: ``receive`` reads the child's stdout in the receiving task.
+
+    The SDK's dispatcher loops on ``receive``, so a response goes from the pipe to the request
+    waiting for it with no reader task or memory stream in between (each a hop: a checkpoint and
+    an event-loop pass per message). The stream ends when the child exits, not only at the end
+    of stdout (a process it left behind may hold stdout open); what it wrote before is still read.
+    """
+
+    def __init__(self, fd: int, exited: anyio.Event) -> None:
+        self._fd = fd
+        self._exited = exited
+        self._buffer = bytearray()
+        self._ready: deque[SessionMessage | Exception] = deque()
+        self._ended = False
+        self._closed = False
+        self._waiting: anyio.CancelScope | None = None
+
+    def child_exited(self) -> None:
+        """Stop waiting for output: the child is gone, so only what the pipe holds is left."""
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def detach(self) -> None:
+        """The descriptor is about to be closed: never touch it again (its number may be reused)."""
+        self._ended = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def receive(self) -> SessionMessage | Exception:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        while not self._ready:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if self._ended:
+                raise anyio.EndOfStream
+            try:
+                await self._fill()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                self._ended = True  # the descriptor is being closed: we are closing
+        return self._ready.popleft()
+
+    async def _fill(self) -> None:
+        """Read what the pipe holds (waiting for it when empty) and parse its complete lines."""
+        chunk = _read_now(self._fd)
+        if chunk is None:
+            if self._exited.is_set():
+                self._ended = True  # the child is gone and all it wrote is read
+                return
+            with anyio.CancelScope() as scope:
+                self._waiting = scope
+                await anyio.wait_readable(self._fd)
+            self._waiting = None
+            return
+        if not chunk:
+            # The end of stdout. Give the child a moment to be seen exiting, so the verdict on
+            # what it never read is there when the callers look.
+            with anyio.move_on_after(_EXIT_GRACE):
+                await self._exited.wait()
+            self._ended = True
+            return
+        buffer = self._buffer
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = bytes(buffer[start:end])
+            start = end + 1
+            if line.strip():
+                self._ready.append(_parse(line))
+        del buffer[:start]
+        if len(buffer) > _MAX_LINE:
+            self._ready.append(ValueError("a message from the server exceeds the size limit"))
+            buffer.clear()
+
+    def __aiter__(self) -> _PipeReader:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+    async def __aenter__(self) -> _PipeReader:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
 @asynccontextmanager
 async def stdio_transport(
     command: str,
@@ -244,56 +349,21 @@ async def stdio_transport(
     os.close(stdout_write)
     os.set_blocking(stdin_write, False)
     os.set_blocking(stdout_read, False)
-    read_in, read_out = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     writer = _PipeWriter(process, stdin_write)
     exited = anyio.Event()
-    waiting: list[anyio.CancelScope] = []
+    reader = _PipeReader(stdout_read, exited)
 
     async def watch_exit() -> None:
         await process.wait()
         writer.child_exited()  # before the read stream ends: the callers' verdicts are frozen
         exited.set()
-        for scope in waiting:
-            scope.cancel()
-
-    async def read_lines() -> None:
-        buffer = bytearray()
-        async with read_in:
-            try:
-                while True:
-                    if not exited.is_set():
-                        with anyio.CancelScope() as scope:
-                            waiting[:] = [scope]
-                            await anyio.wait_readable(stdout_read)
-                        waiting.clear()
-                    chunk = _read_now(stdout_read)
-                    if chunk is None and not exited.is_set():
-                        continue
-                    if not chunk:
-                        # The end of stdout, or the child gone and all it wrote read. At the end
-                        # of stdout, give the child a moment to be seen exiting, so the verdict
-                        # on what it never read is there when the callers look.
-                        with anyio.move_on_after(_EXIT_GRACE):
-                            await exited.wait()
-                        return
-                    buffer += chunk
-                    while (end := buffer.find(b"\n")) >= 0:
-                        line = bytes(buffer[:end])
-                        del buffer[: end + 1]
-                        if line.strip():
-                            await read_in.send(_parse(line))
-                    if len(buffer) > _MAX_LINE:
-                        await read_in.send(ValueError("a message from the server exceeds the size limit"))
-                        buffer.clear()
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError):
-                pass  # the child is gone or we are closing: the read stream's end says so
+        reader.child_exited()
 
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_exit)
-            tg.start_soon(read_lines)
             try:
-                yield read_out, writer
+                yield reader, writer
             finally:
                 with anyio.CancelScope(shield=True):
                     await writer.aclose()
@@ -302,6 +372,7 @@ async def stdio_transport(
     finally:
         with anyio.CancelScope(shield=True), suppress(Exception):
             await process.aclose()
+        reader.detach()
         with suppress(OSError):
             anyio.notify_closing(stdout_read)
             os.close(stdout_read)
