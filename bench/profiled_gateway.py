@@ -42,6 +42,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# The gateway of the checkout this file is in, as ``python -m gateway`` run from there would
+# import it (sys.path[0] is this script's folder, which would leave an installed copy to win).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 SAMPLES: dict[str, list[float]] = defaultdict(list)
 COUNTS: Counter[str] = Counter()
 IDLE = [0.0]
