@@ -69,10 +69,12 @@ def part(name: str, out: dict[str, Any]) -> None:
     throughput(out.get("throughput", {}))
     if name == "http" and out.get("cpu_ms_per_call"):
         procs = sorted({p for v in out["cpu_ms_per_call"].values() for p in v})
-        print("\nCPU ms per call (sequential):\n\n| leg | " + " | ".join(procs) + " |")
-        print("|---|" + "---|" * len(procs))
+        ceilings = out.get("cpu_ceiling", {})
+        print("\nCPU ms per call (sequential):\n\n| leg | " + " | ".join(procs) + " | all | ceiling |")
+        print("|---|" + "---|" * (len(procs) + 2))
         for leg, v in out["cpu_ms_per_call"].items():
-            print(f"| `{leg}` | " + " | ".join(_v(v.get(p)) for p in procs) + " |")
+            cells = [_v(v.get(p)) for p in procs] + [_v(sum(v.values())), _v(ceilings.get(leg))]
+            print(f"| `{leg}` | " + " | ".join(cells) + " |")
     if out.get("replicas"):
         r = out["replicas"]
         print(
