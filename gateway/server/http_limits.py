@@ -3,7 +3,7 @@
 The token is checked once a request's headers are in, so everything before that must be
 bounded by the server itself:
 
-- ``BoundedH11Protocol``: uvicorn's HTTP/1.1 protocol with a *header timeout*. A connection
+- ``BoundedHttpProtocol``: uvicorn's HTTP/1.1 protocol (httptools) with a *header timeout*. A connection
   that has not delivered a complete request head within ``header_timeout`` seconds of opening
   (or of its previous response) gets ``408`` and is closed; trickling one byte a second buys
   nothing. uvicorn's own ``timeout_keep_alive`` only covers a connection that sends nothing.
@@ -35,14 +35,13 @@ import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import h11
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import _sdk
 from gateway.server.limits import Clock, RateLimitedLog
@@ -50,7 +49,7 @@ from gateway.server.limits import Clock, RateLimitedLog
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "BoundedH11Protocol",
+    "BoundedHttpProtocol",
     "Listener",
     "RateLimitFilter",
     "SdkSessions",
@@ -70,11 +69,14 @@ _REQUEST_TIMEOUT = (
 # ---- the header timeout ----------------------------------------------------------------------
 
 
-class BoundedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, with a deadline for each request's head (see the module docstring)."""
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol on httptools (its C parser: about a tenth of a call's CPU
+    less than h11's pure Python), with a deadline for each request's head (see the module
+    docstring)."""
 
     header_timeout: ClassVar[float] = 10.0
     _header_timer: asyncio.TimerHandle | None = None
+    _head_in = False  # the current request's head is complete: its deadline is met
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -84,10 +86,10 @@ class BoundedH11Protocol(H11Protocol):
         self._disarm_header_timer()
         super().connection_lost(exc)
 
-    def handle_events(self) -> None:
-        super().handle_events()
-        if self.conn.their_state is not h11.IDLE:  # a request head is in: its deadline is met
-            self._disarm_header_timer()
+    def on_headers_complete(self) -> None:
+        self._head_in = True
+        self._disarm_header_timer()
+        super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -96,6 +98,7 @@ class BoundedH11Protocol(H11Protocol):
 
     def _arm_header_timer(self) -> None:
         self._disarm_header_timer()
+        self._head_in = False
         self._header_timer = self.loop.call_later(self.header_timeout, self._header_timed_out)
 
     def _disarm_header_timer(self) -> None:
@@ -105,16 +108,16 @@ class BoundedH11Protocol(H11Protocol):
 
     def _header_timed_out(self) -> None:
         self._header_timer = None
-        waiting = self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
+        waiting = not self._head_in and (self.cycle is None or self.cycle.response_complete)
         if waiting and not self.transport.is_closing():
             self._unset_keepalive_if_required()
             self.transport.write(_REQUEST_TIMEOUT)
             self.transport.close()
 
 
-def bounded_protocol(header_timeout: float) -> type[BoundedH11Protocol]:
+def bounded_protocol(header_timeout: float) -> type[BoundedHttpProtocol]:
     """A protocol class with this header timeout, for ``uvicorn.Config(http=...)``."""
-    return type("BoundedH11Protocol", (BoundedH11Protocol,), {"header_timeout": header_timeout})
+    return type("BoundedHttpProtocol", (BoundedHttpProtocol,), {"header_timeout": header_timeout})
 
 
 # ---- accepting when out of descriptors ----------------------------------------------------------
