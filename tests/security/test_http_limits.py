@@ -97,6 +97,28 @@ async def test_slow_headers_are_cut_by_the_header_timeout_while_a_valid_client_k
     assert answered and all(a.startswith(b"HTTP/1.1 408") for a in answered), {a[:40] for a in answered}
 
 
+async def test_the_next_request_on_a_kept_alive_connection_has_its_own_header_deadline(setup: Setup) -> None:
+    """After a response the deadline is armed again: a second head trickled on the same
+    connection is cut with 408 like a first one, and a prompt one on another is answered."""
+    async with http_gateway(setup, "--header-timeout", "1") as gw:
+        with anyio.fail_after(WAIT):
+            async with await anyio.connect_tcp("127.0.0.1", gw.port) as stream:
+                await stream.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                first = b""
+                while b"\r\n\r\n" not in first:
+                    first += await stream.receive()
+                assert first.startswith(b"HTTP/1.1 200")
+                assert b"connection: close" not in first.lower()  # kept alive
+                cut: bytes | None = None
+                for byte in b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 400:
+                    await stream.send(bytes([byte]))
+                    with anyio.move_on_after(0.1):
+                        cut = await _read_all(stream)
+                        break
+            assert cut is not None and cut.startswith(b"HTTP/1.1 408"), cut
+            assert (await gw.get("/healthz")).status_code == 200
+
+
 async def test_past_the_connection_cap_new_requests_get_503_until_connections_close(setup: Setup) -> None:
     cap = 10
     async with http_gateway(setup, "--max-connections", str(cap), "--header-timeout", "60") as gw:
