@@ -34,6 +34,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DOWNSTREAM = BENCH / "downstream.py"
 FASTMCP_PROXY = BENCH / "fastmcp_proxy.py"
+SDK_PROXY = BENCH / "sdk_proxy.py"
 FASTMCP_PYTHON = BENCH / ".venv-fastmcp" / "bin" / "python"
 PLOT_PYTHON = BENCH / ".venv-plot" / "bin" / "python"
 OUTCOME_META = "idem-gateway/outcome"
@@ -305,6 +306,20 @@ def downstream_stdio(ledger: Path) -> StdioServerParameters:
     return StdioServerParameters(
         command=sys.executable, args=[str(DOWNSTREAM)], env=quiet_env(BENCH_LEDGER=str(ledger))
     )
+
+
+def sdk_proxy_stdio(ledger: Path) -> StdioServerParameters:
+    """``bench/sdk_proxy.py`` in front of the downstream: the least an SDK-based proxy does."""
+    return StdioServerParameters(
+        command=sys.executable,
+        args=[str(SDK_PROXY), sys.executable, str(DOWNSTREAM)],
+        env=quiet_env(BENCH_LEDGER=str(ledger)),
+    )
+
+
+def sdk_proxy_http_argv(port: int, backend_url: str) -> list[str]:
+    """``bench/sdk_proxy.py`` over streamable HTTP both ways, in front of ``backend_url``."""
+    return [sys.executable, str(SDK_PROXY), "--http", str(port), "--backend-url", backend_url]
 
 
 def downstream_http_argv(port: int) -> list[str]:

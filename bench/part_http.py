@@ -6,6 +6,7 @@ The downstream (``bench/downstream.py --http``) serves streamable HTTP; the gate
 pool (512 connections, so the client is never the bottleneck):
   direct_ro / direct_se     the downstream itself, ``noop_ro`` / ``append``
   fastmcp                   FastMCP's HTTP proxy, ``noop_ro``
+  sdk_proxy                 ``bench/sdk_proxy.py --http``: the least a proxy on the MCP SDK does
   gw_pass / gw_first / gw_replay   the gateway, as in the stdio part
 
 Then the replica leg: three ``serve --transport http --stateless`` gateways on one PostgreSQL
@@ -41,6 +42,7 @@ from kit import (
     ratio,
     read_ledger,
     require_fastmcp,
+    sdk_proxy_http_argv,
     sequential,
     spawn,
     target,
@@ -98,12 +100,20 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 http_client(f"http://127.0.0.1:{fm_port}/mcp", mode=args.mode)
             )
             legs.append(Leg("fastmcp", lambda i: fm.call_tool("noop_ro", {"x": i}), client=fm))
+        sp_port = free_port()
+        sp_log = work / "sdk_proxy.log"
+        sp_proc = await stack.enter_async_context(
+            spawn(sdk_proxy_http_argv(sp_port, down_url), log=sp_log, env=quiet_env(), cwd=work)
+        )
+        await wait_listening(sp_port, sp_proc, sp_log)
+        sp = await stack.enter_async_context(http_client(f"http://127.0.0.1:{sp_port}/mcp", mode=args.mode))
+        legs.append(Leg("sdk_proxy", lambda i: sp.call_tool("noop_ro", {"x": i}), client=sp))
         replay_key = new_key()
         await first_execution(gw, replay_key)
         legs += gateway_legs(gw, replay_key)
 
         seq = await sequential(legs, n=max(30, args.n // 3), warmup=args.warmup, seed=args.seed)
-        pids = {"gateway": gw_proc.pid, "downstream": down.pid}
+        pids = {"gateway": gw_proc.pid, "downstream": down.pid, "sdk_proxy": sp_proc.pid}
         if not args.no_fastmcp:
             pids["fastmcp"] = fm_proc.pid
         cpu = await _cpu_per_call(legs, pids)
@@ -182,7 +192,7 @@ def cpu_ceilings(cpu: dict[str, dict[str, float]]) -> dict[str, float]:
     those sums, however the gateway spends its share.
     """
     out = {}
-    for leg, base, _, _ in THROUGHPUT_TARGETS:
+    for leg, base in (("sdk_proxy", "direct_ro"), *((leg, base) for leg, base, _, _ in THROUGHPUT_TARGETS)):
         if leg in cpu and base in cpu:
             out[leg] = round(sum(cpu[base].values()) / sum(cpu[leg].values()), 3)
     return out

@@ -5,6 +5,7 @@ Legs (all against ``bench/downstream.py``):
   direct_se          the side-effecting tool ``append`` called directly (appends + fsyncs a line)
   fastmcp            FastMCP ``create_proxy`` with one connected backend client reused (the reference)
   fastmcp_per_req    FastMCP ``create_proxy`` on a transport: a fresh backend session per request
+  sdk_proxy          ``bench/sdk_proxy.py``: the least a proxy on the MCP SDK does (no keys, no relays)
   gw_pass            the gateway, ``noop_ro``: pass-through, no key, no store
   gw_first           the gateway, ``append`` with a fresh key per call: claim, call, complete
   gw_replay          the gateway, ``append`` with one key repeated: the stored result
@@ -31,6 +32,7 @@ from kit import (
     quiet_env,
     ratio,
     require_fastmcp,
+    sdk_proxy_stdio,
     sequential,
     target,
     throughput,
@@ -124,6 +126,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 )
                 legs.append(Leg(name, lambda i, p=proxy: p.call_tool("noop_ro", {"x": i}), client=proxy))
 
+        floor = await connect(sdk_proxy_stdio(work / "sdk-proxy-ledger.jsonl"), "sdk_proxy")
+        legs.append(Leg("sdk_proxy", lambda i: floor.call_tool("noop_ro", {"x": i}), client=floor))
+
         manifests = write_manifest(work / "manifests-stdio", ledger=work / "gw-ledger.jsonl")
         store = f"sqlite:///{work / 'stdio-store' / 'gateway.db'}"
         gw = await connect(gateway_stdio(manifests, store, profile_dir=args.profile_dir), "gateway")
@@ -138,4 +143,23 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         thr: dict[str, Any] = {}
         if args.inflight:
             thr = await throughput(legs, inflights=args.inflight, calls=args.calls, seed=args.seed)
-    return {"sequential": seq, "throughput": thr, "targets": targets(seq)}
+    return {"sequential": seq, "throughput": thr, "targets": targets(seq), "notes": floor_notes(seq)}
+
+
+def floor_notes(seq: dict[str, Any]) -> list[str]:
+    """What the SDK costs any proxy, beside what the gateway adds (no target: a reading aid)."""
+    p50 = {name: leg.get("p50_ms") for name, leg in seq.items()}
+    if None in (p50.get("gw_pass"), p50.get("sdk_proxy"), p50.get("direct_ro")):
+        return []
+    floor_over = p50["sdk_proxy"] - p50["direct_ro"]
+    gw_over = p50["gw_pass"] - p50["direct_ro"]
+    notes = [
+        f"pass-through p50 over a direct call: the gateway +{gw_over:.2f} ms, the bare SDK proxy "
+        f"+{floor_over:.2f} ms (gw_pass / sdk_proxy = {p50['gw_pass'] / p50['sdk_proxy']:.2f})"
+    ]
+    if p50.get("fastmcp") is not None:
+        notes.append(
+            f"the bare SDK proxy / FastMCP p50 = {p50['sdk_proxy'] / p50['fastmcp']:.2f}: "
+            "the pass-through target (<= 0.60) is out of reach of any proxy whose floor is above it"
+        )
+    return notes
