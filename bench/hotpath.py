@@ -1,6 +1,7 @@
 """Where one call's time goes in the gateway's event-loop thread: pass-through, first execution, replay.
 
     python bench/hotpath.py [--calls 2000] [--legs pass,first,replay] [--no-py-spy] [--store URL]
+                            [--replay-cache SECONDS]
 
 Per leg, a stdio gateway (SQLite, or ``--store``) is started under ``bench/profiled_gateway.py``
 and warmed up; then three windows of ``--calls`` sequential calls each:
@@ -181,10 +182,13 @@ async def profile_leg(leg: str, args: argparse.Namespace, work: Path) -> dict[st
     out_dir = work / f"profile-{leg}"
     manifests = write_manifest(work / f"manifests-{leg}", ledger=work / f"{leg}-ledger.jsonl")
     store = args.store or f"sqlite:///{work / f'store-{leg}' / 'gateway.db'}"
+    params = gateway_stdio(manifests, store, profile_dir=out_dir)
+    if args.replay_cache is not None:
+        params.env = {**(params.env or {}), "IDEM_GATEWAY_REPLAY_CACHE": args.replay_cache}
     async with AsyncExitStack() as stack:
         gw = await stack.enter_async_context(
             Client(
-                logged(gateway_stdio(manifests, store, profile_dir=out_dir), work / f"gateway-{leg}.log"),
+                logged(params, work / f"gateway-{leg}.log"),
                 mode=args.mode,
                 cache=None,
             )
@@ -320,6 +324,9 @@ if __name__ == "__main__":
     parser.add_argument("--legs", default="pass,first,replay")
     parser.add_argument("--mode", default="auto")
     parser.add_argument("--store", help="a store URL for every leg (default: a fresh SQLite file per leg)")
+    parser.add_argument(
+        "--replay-cache", metavar="SECONDS", help="the gateway's --replay-cache (0: replays read the store)"
+    )
     parser.add_argument("--no-py-spy", action="store_true")
     parser.add_argument("--json", type=Path, default=RESULTS)
     anyio.run(main, parser.parse_args())
