@@ -119,7 +119,7 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class _WatchedReadStream:
+class _WatchedReadStream(anyio.abc.ObjectReceiveStream[Any]):
     """The transport's read stream, reporting its end: that is how a dead downstream shows.
 
     Stdio EOF (the child exited) and a torn-down HTTP transport both end this stream; the
@@ -141,26 +141,9 @@ class _WatchedReadStream:
             self._on_end()
             raise
 
-    def __aiter__(self) -> _WatchedReadStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
     async def aclose(self) -> None:
         self._on_end()
         await self._inner.aclose()
-
-    async def __aenter__(self) -> _WatchedReadStream:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 class _WatchedTransport:

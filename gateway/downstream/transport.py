@@ -36,7 +36,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TextIO
 
 import anyio
@@ -125,7 +124,7 @@ WIRE: contextvars.ContextVar[Wire | None] = contextvars.ContextVar("idem_gateway
 # ---- stdio ----------------------------------------------------------------------------------
 
 
-class _PipeWriter:
+class _PipeWriter(anyio.abc.ObjectSendStream[SessionMessage]):
     """The write half handed to the SDK: each ``send`` writes straight into the child's stdin.
 
     The pipe is ours (a raw non-blocking fd), so it can say what became of a message: the
@@ -198,14 +197,6 @@ class _PipeWriter:
             anyio.notify_closing(self._fd)
             os.close(self._fd)
 
-    async def __aenter__(self) -> _PipeWriter:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
 
 def _read_now(fd: int) -> bytes | None:
     """What the pipe holds now (``b""`` at its end), or ``None`` when it is empty."""
@@ -215,7 +206,7 @@ def _read_now(fd: int) -> bytes | None:
         return None
 
 
-class _PipeReader:
+class _PipeReader(anyio.abc.ObjectReceiveStream[SessionMessage | Exception]):
     """The read half handed to the SDK: ``receive`` reads the child's stdout in the receiving task.
 
     The SDK's dispatcher loops on ``receive``, so a response goes from the pipe to the request
@@ -289,25 +280,8 @@ class _PipeReader:
             self._ready.append(ValueError("a message from the server exceeds the size limit"))
             buffer.clear()
 
-    def __aiter__(self) -> _PipeReader:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
     async def aclose(self) -> None:
         self._closed = True
-
-    async def __aenter__(self) -> _PipeReader:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 @asynccontextmanager

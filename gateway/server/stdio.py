@@ -37,10 +37,10 @@ import stat
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.abc
 import mcp_types as types
 import pydantic_core
 from mcp.server import Server
@@ -133,7 +133,7 @@ def _pipe_like(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
 
 
-class LineReader:
+class LineReader(anyio.abc.ObjectReceiveStream[SessionMessage | Exception]):
     """A read stream of JSON-RPC messages, one per line of an asyncio ``StreamReader``.
 
     A line that is not a message is answered on ``writer`` (see the module's docstring) and
@@ -198,29 +198,12 @@ class LineReader:
         finally:
             self.unread(lead)
 
-    def __aiter__(self) -> LineReader:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
     async def aclose(self) -> None:
         self._closed = True
         self._ahead.clear()
 
-    async def __aenter__(self) -> LineReader:
-        return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-
-class LineWriter:
+class LineWriter(anyio.abc.ObjectSendStream[SessionMessage]):
     """A write stream of JSON-RPC messages, one line each, written by the sending task."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
@@ -241,14 +224,6 @@ class LineWriter:
 
     async def aclose(self) -> None:
         self._closed = True
-
-    async def __aenter__(self) -> LineWriter:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 async def _connect(reader: asyncio.StreamReader) -> tuple[asyncio.ReadTransport, asyncio.StreamWriter]:
