@@ -275,6 +275,8 @@ class Verdict:
     duplicates: dict[str, list[float]] = field(default_factory=dict)
     unbacked: list[str] = field(default_factory=list)
     unavailable_ran: list[str] = field(default_factory=list)
+    # For the offending keys, what explains them: ledger starts and the key's audit events.
+    story: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -286,7 +288,12 @@ async def judge(setup: Setup, plans: Sequence[Plan], attempts: Sequence[Attempt]
     ran = executions_by_key(setup.ledger, {forwarded_key(key): key for key in native})
     verdict = Verdict(executions=sum(len(v) for v in ran.values()))
     completed_at: dict[str, list[float]] = {}
+    audit: dict[str, list[str]] = {}
     for event in await events(setup.store):
+        if event["key"] is not None:
+            audit.setdefault(event["key"], []).append(
+                f"event {event['at'] / 1_000_000:.3f} {event['outcome']} {event.get('detail') or ''}"
+            )
         if event["outcome"] == "executed" and event["key"] is not None:
             completed_at.setdefault(event["key"], []).append(event["at"] / 1_000_000)
     for key, starts in ran.items():
@@ -302,6 +309,8 @@ async def judge(setup: Setup, plans: Sequence[Plan], attempts: Sequence[Attempt]
             verdict.unbacked.append(plan.key)
         if told and all(a == "downstream_unavailable" for a in told) and ran.get(plan.key):
             verdict.unavailable_ran.append(plan.key)
+    for key in [*verdict.duplicates, *verdict.unbacked, *verdict.unavailable_ran]:
+        verdict.story[key] = [f"ran {at:.3f}" for at in ran.get(key, [])] + audit.get(key, [])
     return verdict
 
 
@@ -361,7 +370,7 @@ class Chaos:
         for _ in range(4 * len(self.fleet)):
             self._next += 1
             replica = self.fleet[self._next % len(self.fleet)]
-            started = time.monotonic()
+            started = time.time()  # wall clock: read beside the ledger's and the events' times
             answer = "lost"
             with anyio.move_on_after(CALL_BOUND):
                 try:
@@ -383,7 +392,7 @@ class Chaos:
                         )
                     except ValueError:
                         answer = "lost"
-            self.attempts.append(Attempt(plan.key, answer, replica.index, started, time.monotonic()))
+            self.attempts.append(Attempt(plan.key, answer, replica.index, started, time.time()))
             return
 
     async def worker(self, http: httpx2.AsyncClient, fresh: list[Plan]) -> None:
@@ -529,4 +538,11 @@ class Chaos:
             for key in keys[:limit]:
                 told = [a.answer for a in self.attempts if a.key == key]
                 lines.append(f"{title}: {tools.get(key)} {key} answers={told}")
+                attempts = [a for a in self.attempts if a.key == key]
+                lines += [
+                    f"  attempt replica {a.replica} {a.started:.3f}-{a.ended:.3f} {a.answer}"
+                    for a in sorted(attempts, key=lambda a: a.started)
+                ]
+                story = sorted(verdict.story.get(key, []), key=lambda line: line.split()[1])
+                lines += [f"  {line}" for line in story]
         return "\n".join(lines)
