@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import random
 import signal
@@ -50,6 +51,7 @@ ROUND_BOUND = 90.0  # a whole round, faults and restarts included: far more than
 LEASE_TTL = "1"
 STORE_TIMEOUT = "1"  # SQLite busy timeout: a stall longer than this fails store operations
 SHORT_RETENTION = 5.0  # >= timeout 3 s + lease 1 s, the loader's rule
+CLOCK_TOLERANCE = 0.25  # seconds: the store clock's measured offset is sure to 0.1 s
 
 # The tools under test: weight, and how a key's executions show in the ledger.
 TOOLS: dict[str, float] = {
@@ -72,6 +74,8 @@ MANIFEST: dict[str, Any] = {
         "create_invoice": {"retention": "5s", "expired": "reject"},
     },
 }
+# Seconds a completed key is replayed before it may run anew (the others: the default, a day).
+RETENTION = {tool: SHORT_RETENTION for tool in MANIFEST["tools"]}
 
 
 # ---- one replica ----------------------------------------------------------------------------------
@@ -263,8 +267,9 @@ class Verdict:
     """What the ledger and the answers say.
 
     - duplicates: an execution of a key that no completed incarnation precedes: between two
-      starts of one key there must be an ``executed`` event (a stored result, later expired);
-      anything else ran a key whose outcome was unknown, in progress, or lost. Natively
+      starts of one key there must be an ``executed`` event (a stored result) at least the
+      tool's retention before the second (it had expired); anything else ran a key whose outcome
+      was unknown, in progress, lost, or still to be replayed. Natively
       idempotent tools count charges, not sends.
     - unbacked: a key answered ``executed`` or ``replayed`` that the ledger never ran.
     - unavailable_ran: a key whose every attempt was answered ``downstream_unavailable`` (so it
@@ -287,7 +292,7 @@ async def judge(setup: Setup, plans: Sequence[Plan], attempts: Sequence[Attempt]
     native = [p.key for p in plans if p.tool in ("native_charge", "slow_charge")]
     ran = executions_by_key(setup.ledger, {forwarded_key(key): key for key in native})
     verdict = Verdict(executions=sum(len(v) for v in ran.values()))
-    completed_at: dict[str, list[float]] = {}
+    completed_at: dict[str, list[tuple[float, bool]]] = {}
     audit: dict[str, list[str]] = {}
     for event in await events(setup.store):
         if event["key"] is not None:
@@ -295,10 +300,19 @@ async def judge(setup: Setup, plans: Sequence[Plan], attempts: Sequence[Attempt]
                 f"event {event['at'] / 1_000_000:.3f} {event['outcome']} {event.get('detail') or ''}"
             )
         if event["outcome"] == "executed" and event["key"] is not None:
-            completed_at.setdefault(event["key"], []).append(event["at"] / 1_000_000)
+            late = bool((event.get("detail") or {}).get("settled_late"))
+            completed_at.setdefault(event["key"], []).append((event["at"] / 1_000_000, late))
+    tools = {p.key: p.tool for p in plans}
     for key, starts in ran.items():
+        retention = RETENTION.get(tools.get(key, ""), math.inf)
         for before, after in itertools.pairwise(starts):
-            if not any(before < done < after for done in completed_at.get(key, [])):
+            # A run anew needs a completed run before it whose retention had ended: its result
+            # expires at least ``retention`` after its event (the expiry is taken after the event
+            # is dated). A late settlement keeps the expiry of its first attempt: any time counts.
+            if not any(
+                before < done < after and (late or after >= done + retention - CLOCK_TOLERANCE)
+                for done, late in completed_at.get(key, [])
+            ):
                 verdict.duplicates.setdefault(key, starts)
     answers: dict[str, list[str]] = {}
     for attempt in attempts:
