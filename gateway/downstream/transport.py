@@ -232,8 +232,7 @@ class _PipeReader(anyio.abc.ObjectReceiveStream[SessionMessage | Exception]):
     def detach(self) -> None:
         """The descriptor is about to be closed: never touch it again (its number may be reused)."""
         self._ended = True
-        if self._waiting is not None:
-            self._waiting.cancel()
+        self.child_exited()
 
     async def receive(self) -> SessionMessage | Exception:
         await anyio.lowlevel.checkpoint_if_cancelled()

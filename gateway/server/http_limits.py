@@ -3,8 +3,8 @@
 The token is checked once a request's headers are in, so everything before that must be
 bounded by the server itself:
 
-- ``BoundedHttpProtocol``: uvicorn's HTTP/1.1 protocol (httptools) with a *header timeout*. A connection
-  that has not delivered a complete request head within ``header_timeout`` seconds of opening
+- ``BoundedHttpProtocol``: uvicorn's HTTP/1.1 protocol (httptools) with a *header timeout*. A
+  connection that has not delivered a complete request head within ``header_timeout`` seconds of opening
   (or of its previous response) gets ``408`` and is closed; trickling one byte a second buys
   nothing. uvicorn's own ``timeout_keep_alive`` only covers a connection that sends nothing.
 - The connection cap is uvicorn's ``limit_concurrency``: past ``max_connections`` open

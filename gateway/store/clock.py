@@ -8,9 +8,8 @@ the measuring query, and a measurement less sure than ``MAX_UNCERTAINTY`` is dis
 is surer than the one in use (so the first is taken, and then replaced by a sure one): a process
 paused between sending the query and reading its answer (SIGSTOP, a stalled store, a swapped-out
 VM) would otherwise take half the pause as the clocks' difference, and a clock seconds off sees
-live leases as dead and retention over early. The correction is
-logged when the local clock is off by more than ``WARN_SKEW`` (the operator should fix NTP, but
-nothing breaks).
+live leases as dead and retention over early. The correction is logged when the local clock is
+off by more than ``WARN_SKEW`` (the operator should fix NTP, but nothing breaks).
 """
 
 from __future__ import annotations
