@@ -57,6 +57,9 @@ _bad_input_log = RateLimitedLog(logger)
 MAX_MESSAGE_BYTES = DEFAULT_MAX_REQUEST_BODY_SIZE  # the same bound as an HTTP request body
 PRE_REQUEST_LIMIT = 8  # frames kept from before the first request (the SDK keeps as many)
 _READ_CHUNK = 64 * 1024
+STDIN_ENDED_GRACE = 60.0  # the longest the answers to requests read before stdin ended are awaited
+STDIN_ENDED_LOG = "stdin ended"
+STANDING_METHODS = frozenset({"subscriptions/listen"})  # answered only when the client lets go
 
 
 def _error_line(code: int, message: str, request_id: Any = None) -> bytes:
@@ -259,15 +262,150 @@ async def _own_stdio() -> AsyncIterator[tuple[LineReader, LineWriter]]:
         os.close(saved_out)
 
 
+class Unanswered:
+    """The requests each side of stdio has not answered yet, so that the end of stdin loses none.
+
+    A script pipes its requests in and closes stdin at once (``printf ... | idem-gateway serve``,
+    ``< requests.jsonl``); the SDK cancels every request in flight at the end of its input, so a
+    keyed call that ran downstream was recorded and never answered. At that end the gateway now
+    answers what it was asked first (each call is bounded by its own timeout; all of them by
+    ``grace``), and a question of its own to the client (an approval, a relayed sampling
+    request) fails at once with ``CONNECTION_CLOSED``: nobody is left to answer it.
+    """
+
+    def __init__(self, grace: float = STDIN_ENDED_GRACE) -> None:
+        self.grace = grace
+        self.ended = False
+        self._theirs: set[types.RequestId] = set()  # the client's requests we have not answered
+        self._ours: set[types.RequestId] = set()  # our requests the client has not answered
+        self._answered = anyio.Event()
+
+    def read(self, item: SessionMessage | Exception) -> None:
+        message = item.message if isinstance(item, SessionMessage) else None
+        if isinstance(message, types.JSONRPCRequest):
+            if message.method not in STANDING_METHODS:
+                self._theirs.add(message.id)
+        elif isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+            if message.id is not None:
+                self._ours.discard(message.id)
+        elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
+            self._done((message.params or {}).get("requestId"))  # a cancelled request is not answered
+
+    def sending(self, message: types.JSONRPCMessage) -> None:
+        if isinstance(message, types.JSONRPCRequest):
+            if self.ended:
+                raise anyio.BrokenResourceError  # the dispatcher reports CONNECTION_CLOSED
+            self._ours.add(message.id)
+
+    def sent(self, message: types.JSONRPCMessage, *, delivered: bool) -> None:
+        if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+            self._done(message.id)
+        elif isinstance(message, types.JSONRPCRequest) and not delivered:
+            self._ours.discard(message.id)
+
+    def _done(self, request_id: Any) -> None:
+        self._theirs.discard(request_id)
+        if not self._theirs:
+            self._answered.set()
+
+    def end(self) -> list[SessionMessage]:
+        """Stdin ended: an error in place of each answer the client can no longer give."""
+        self.ended = True
+        closed = types.ErrorData(
+            code=types.CONNECTION_CLOSED, message="stdin ended: the client cannot answer"
+        )
+        errors = [SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=i, error=closed)) for i in self._ours]
+        self._ours.clear()
+        return errors
+
+    async def settled(self) -> None:
+        """Return once every request read before the end is answered, or ``grace`` passed."""
+        if not self._theirs:
+            logger.info("%s: no request unanswered", STDIN_ENDED_LOG)
+            return
+        logger.info("%s: answering %d request(s) read before it", STDIN_ENDED_LOG, len(self._theirs))
+        self._answered = anyio.Event()  # nothing is read any more: the set only shrinks now
+        with anyio.move_on_after(self.grace):
+            await self._answered.wait()
+        if self._theirs:
+            logger.warning(
+                "%s: %d request(s) still unanswered after %.0f s: cancelled",
+                STDIN_ENDED_LOG,
+                len(self._theirs),
+                self.grace,
+            )
+
+    def reader(self, stream: anyio.abc.ObjectReceiveStream[SessionMessage | Exception]) -> _AnsweringReader:
+        return _AnsweringReader(stream, self)
+
+    def writer(self, stream: anyio.abc.ObjectSendStream[SessionMessage]) -> _AnsweringWriter:
+        return _AnsweringWriter(stream, self)
+
+
+class _AnsweringReader(anyio.abc.ObjectReceiveStream[SessionMessage | Exception]):
+    """The read stream seen by the dispatcher: at the end of input, the errors for our pending
+    questions first, then the end itself once our own answers are written."""
+
+    def __init__(
+        self, inner: anyio.abc.ObjectReceiveStream[SessionMessage | Exception], seen: Unanswered
+    ) -> None:
+        self._inner = inner
+        self._seen = seen
+        self._closing: deque[SessionMessage] = deque()
+
+    async def receive(self) -> SessionMessage | Exception:
+        if self._closing:
+            return self._closing.popleft()
+        try:
+            item = await self._inner.receive()
+        except anyio.EndOfStream:
+            if not self._seen.ended:
+                self._closing.extend(self._seen.end())
+                if self._closing:
+                    return self._closing.popleft()
+            await self._seen.settled()
+            raise
+        self._seen.read(item)
+        return item
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _AnsweringWriter(anyio.abc.ObjectSendStream[SessionMessage]):
+    """The write stream seen by the dispatcher: notes each answer, and refuses a question once
+    stdin has ended."""
+
+    def __init__(self, inner: anyio.abc.ObjectSendStream[SessionMessage], seen: Unanswered) -> None:
+        self._inner = inner
+        self._seen = seen
+
+    async def send(self, item: SessionMessage) -> None:
+        self._seen.sending(item.message)
+        delivered = False
+        try:
+            await self._inner.send(item)
+            delivered = True
+        finally:
+            self._seen.sent(item.message, delivered=delivered)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 async def serve(server: Server[Any]) -> None:
-    """Serve ``server`` over this process's stdin/stdout until stdin ends (or we are cancelled)."""
+    """Serve ``server`` over this process's stdin/stdout until stdin ends and what was asked
+    before it is answered (see ``Unanswered``), or we are cancelled."""
     options = server.create_initialization_options()
+    seen = Unanswered()
     if not (_pipe_like(0) and _pipe_like(1)):
         # Not pollable (/dev/null, a file): the SDK's threaded transport reads anything.
         async with stdio_server() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, options)
+            await server.run(seen.reader(read_stream), seen.writer(write_stream), options)
         return
     async with _own_stdio() as (read_stream, write_stream):
         opening = await read_stream.opening_request()
         async with server.lifespan(server) as state:
-            await _sdk.serve_era(server, opening, read_stream, write_stream, state, options)
+            await _sdk.serve_era(
+                server, opening, seen.reader(read_stream), seen.writer(write_stream), state, options
+            )
