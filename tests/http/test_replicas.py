@@ -108,7 +108,7 @@ async def test_a_replica_killed_mid_call_leaves_the_key_unknown_and_the_others_d
     key = new_key()
     gate = pg_setup.tmp / "gate"
     args = {"label": "doomed", "gate_file": str(gate), "idempotency_key": key}
-    async with replicas(pg_setup, 2, "--lease-ttl", "1") as (victim, survivor):
+    async with replicas(pg_setup, 2, "--lease-ttl", "3") as (victim, survivor):
         async with survivor.client("alice") as client:
             async with anyio.create_task_group() as tg:
 

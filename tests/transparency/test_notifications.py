@@ -59,13 +59,14 @@ async def test_progress_reaches_the_client_that_asked_for_it(setup: Setup, mode:
 async def test_progress_keeps_a_call_alive_past_its_timeout_and_silence_does_not(
     setup: Setup, mode: str, tmp_path: Path
 ) -> None:
-    """timeout = 2s: 20 progress steps 0.2s apart (4s in all) finish; a silent call ends at 2s."""
-    relay_manifest(setup, timeout="2s", max_timeout="1m")
+    """timeout = 3s: 40 progress steps 0.1s apart (4s in all) finish; a silent call ends at 3s.
+    (A step's gap is a thirtieth of the timeout: a stalled process does not end a talking call.)"""
+    relay_manifest(setup, timeout="3s", max_timeout="1m")
     async with through(setup, mode) as client:
-        talking = await client.call_tool("progress_for", {"steps": 20, "interval": 0.2})
+        talking = await client.call_tool("progress_for", {"steps": 40, "interval": 0.1})
         silent = await client.call_tool("block", {"gate": str(tmp_path / "never")})
     assert not talking.is_error and text_of(talking) == "done"
-    assert silent.is_error and "no result within 2.0s" in text_of(silent)
+    assert silent.is_error and "no result within 3.0s" in text_of(silent)
 
 
 @pytest.mark.parametrize("mode", MODES)
