@@ -31,8 +31,9 @@ from gateway import meta
 from gateway.server.stdio import STDIN_ENDED_GRACE, STDIN_ENDED_LOG, Unanswered
 from tests.support import Setup, executions, new_key, read_ledger, wait_for
 
-WAIT = 30.0
+WAIT = 30.0  # after the end of input
 assert WAIT < STDIN_ENDED_GRACE  # "at once" below means well within the grace
+STARTUP = 90.0  # a gateway and its downstream starting on a loaded machine
 
 
 def line(message: dict[str, Any]) -> bytes:
@@ -75,7 +76,7 @@ class Output:
         self.messages += [json.loads(text) for text in lines]
 
     async def until(self, predicate: Any) -> dict[str, Any]:
-        with anyio.fail_after(WAIT):
+        with anyio.fail_after(STARTUP):
             while True:
                 for message in self.messages:
                     if predicate(message):
@@ -135,12 +136,12 @@ async def test_a_call_in_flight_when_stdin_ends_is_answered_before_the_gateway_e
         source: Any = (tmp_path / "requests.jsonl").open("rb")
     else:
         source = subprocess.PIPE
-    with anyio.fail_after(3 * WAIT):
+    with anyio.fail_after(STARTUP + 2 * WAIT):
         async with gateway(setup, source) as process:
             if process.stdin is not None:
                 await process.stdin.send(requests)
                 await process.stdin.aclose()
-            await wait_for(lambda: said_stdin_ended(setup), timeout=WAIT)
+            await wait_for(lambda: said_stdin_ended(setup), timeout=STARTUP)
             assert not finished(setup)  # held downstream: the end came first
             gate.touch()
             messages = await Output(process).to_the_end()
@@ -154,7 +155,7 @@ async def test_a_question_to_the_client_pending_when_stdin_ends_fails_at_once(tm
     setup = Setup(tmp_path, f"sqlite:///{tmp_path / 'gateway.db'}")
     setup.manifest(tools={"create_invoice": {"approve": True}})
     invoice = {"customer": "acme", "amount": 12.5, "idempotency_key": new_key()}
-    with anyio.fail_after(3 * WAIT):
+    with anyio.fail_after(STARTUP + 2 * WAIT):
         async with gateway(setup, subprocess.PIPE) as process:
             assert process.stdin is not None
             output = Output(process)
