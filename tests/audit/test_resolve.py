@@ -10,7 +10,7 @@ from tests.support import Setup, error_code, new_key, outcome, text_of, wait_for
 
 # slow_op without its gate file: outcome unknown. The downstream is deaf to the cancellation
 # the timeout sends, so the call it gave up on is known to have run (however late).
-MANIFEST = {"server": {"timeout": "1s"}, "deaf": True}
+MANIFEST = {"server": {"timeout": "3s"}, "deaf": True}
 
 
 async def _unknown(setup: Setup, tmp_path: Path) -> tuple[Path, dict[str, str]]:

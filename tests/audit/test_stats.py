@@ -13,7 +13,7 @@ from tests.support import Setup, error_code, new_key, outcome, parked, wait_for
 INVOICE: dict[str, Any] = {"customer": "acme", "amount": 120.5}
 EMAIL = {"to": "a@example.com", "subject": "hi", "body": "hello"}
 MANIFEST = {
-    "server": {"timeout": "1s"},  # slow_op without its gate file times out: an unknown outcome
+    "server": {"timeout": "3s"},  # slow_op without its gate file times out: an unknown outcome
     "tools": {"create_invoice": {"cost": 0.30}, "send_email": {"cost": 0.05}, "slow_op": {"cost": 9.0}},
 }
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from gateway.server.app import Gateway
 
 MANIFEST: dict[str, Any] = {
-    "server": {"timeout": "1s"},  # slow_op without its gate file: the outcome is unknown
+    "server": {"timeout": "3s"},  # slow_op without its gate file: the outcome is unknown
     "tools": {"create_invoice": {"cost": 0.3, "redact": ["card_number"]}},
 }
 

@@ -50,7 +50,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Setup:
     monkeypatch.setenv("IDEM_GATEWAY_OPERATORS", "alice")
     made = Setup(tmp_path, f"sqlite:///{tmp_path / 'gateway.db'}")
     made.manifest(
-        server={"timeout": "1s"},  # slow_op without its gate file: the outcome is unknown
+        server={"timeout": "3s"},  # slow_op without its gate file: the outcome is unknown
         tools={"create_invoice": {"cost": 0.3, "redact": ["card_number"]}},
     )
     return made

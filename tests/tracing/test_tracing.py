@@ -139,7 +139,7 @@ def everything_said(spans: list[ReadableSpan]) -> str:
 @pytest.fixture
 def setup(tmp_path: Path) -> Setup:
     made = Setup(tmp_path, f"sqlite:///{tmp_path / 'gateway.db'}")
-    made.manifest(server={"timeout": "1s"}, tools={"create_invoice": {"redact": ["card_number"]}})
+    made.manifest(server={"timeout": "3s"}, tools={"create_invoice": {"redact": ["card_number"]}})
     return made
 
 
