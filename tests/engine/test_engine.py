@@ -6,10 +6,12 @@ retry did or did not cause a second side effect. Each runs on every store backen
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
 from pathlib import Path
+from subprocess import PIPE
 from typing import Any
 
 import anyio
@@ -357,18 +359,35 @@ async def test_a_client_that_gives_up_after_sending(setup: Setup, cancel: str) -
 
 
 async def test_a_client_whose_connection_drops_mid_call_is_like_finish(setup: Setup) -> None:
+    """The client's end of both pipes closes while the call is held downstream (its process died,
+    say); only then is the gate opened. The call runs to its end and the next client replays it."""
     setup.manifest()
     gate = setup.tmp / "gate"
     key = new_key()
     args = {"label": "drop", "gate_file": str(gate), "idempotency_key": key}
-    with anyio.fail_after(60):
-        async with setup.client() as client:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(client.call_tool, "slow_op", args)
-                await wait_for(lambda: len(setup.executions("slow_op")) == 1)
-                tg.cancel_scope.cancel()
-            # Leaving the client closes the gateway's stdin: the connection is gone mid-call.
+    params = setup.gateway_params()
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c", "version": "0"}}
+    lines = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "slow_op", "arguments": args}},
+    ]
+    with anyio.fail_after(120), (setup.tmp / "gateway.stderr").open("wb") as errlog:
+        process = await anyio.open_process(
+            [params.command, *params.args], stdin=PIPE, stdout=PIPE, stderr=errlog, cwd=params.cwd
+        )
+        try:
+            assert process.stdin is not None and process.stdout is not None
+            await process.stdin.send(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+            await wait_for(lambda: len(setup.executions("slow_op")) == 1, timeout=60)
+            await process.stdout.aclose()  # the connection is gone mid-call: nobody reads,
+            await process.stdin.aclose()  # nobody writes
             gate.touch()
+            assert await process.wait() == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
     async with setup.client() as client:
         retry = await client.call_tool("slow_op", args)
     assert outcome(retry) == "replayed"
