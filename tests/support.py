@@ -157,6 +157,29 @@ def write_manifest(
     return path
 
 
+def jsonrpc_line(message: Mapping[str, Any]) -> bytes:
+    """One JSON-RPC message as a stdio client writes it: a line."""
+    return json.dumps({"jsonrpc": "2.0", **message}).encode() + b"\n"
+
+
+def initialize_lines(capabilities: Mapping[str, Any] | None = None) -> bytes:
+    """A 2025-11-25 client's opening by hand: ``initialize`` (id 1), then ``initialized``."""
+    hello = {
+        "protocolVersion": "2025-11-25",
+        "capabilities": dict(capabilities or {}),
+        "clientInfo": {"name": "script", "version": "0"},
+    }
+    return jsonrpc_line({"id": 1, "method": "initialize", "params": hello}) + jsonrpc_line(
+        {"method": "notifications/initialized"}
+    )
+
+
+def call_line(ident: int, name: str, arguments: Mapping[str, Any]) -> bytes:
+    return jsonrpc_line(
+        {"id": ident, "method": "tools/call", "params": {"name": name, "arguments": dict(arguments)}}
+    )
+
+
 def read_ledger(ledger: Path) -> list[dict[str, Any]]:
     if not ledger.exists():
         return []

@@ -29,31 +29,11 @@ from mcp.shared.message import SessionMessage
 
 from gateway import meta
 from gateway.server.stdio import STDIN_ENDED_GRACE, STDIN_ENDED_LOG, Unanswered
-from tests.support import Setup, executions, new_key, read_ledger, wait_for
+from tests.support import Setup, call_line, executions, initialize_lines, new_key, read_ledger, wait_for
 
 WAIT = 30.0  # after the end of input
 assert WAIT < STDIN_ENDED_GRACE  # "at once" below means well within the grace
 STARTUP = 90.0  # a gateway and its downstream starting on a loaded machine
-
-
-def line(message: dict[str, Any]) -> bytes:
-    return json.dumps({"jsonrpc": "2.0", **message}).encode() + b"\n"
-
-
-def initialize(capabilities: dict[str, Any] | None = None) -> bytes:
-    params = {
-        "protocolVersion": "2025-11-25",
-        "capabilities": capabilities or {},
-        "clientInfo": {"name": "script", "version": "0"},
-    }
-    return line({"id": 1, "method": "initialize", "params": params})
-
-
-INITIALIZED = line({"method": "notifications/initialized"})
-
-
-def call(ident: int, name: str, arguments: dict[str, Any]) -> bytes:
-    return line({"id": ident, "method": "tools/call", "params": {"name": name, "arguments": arguments}})
 
 
 class Output:
@@ -130,7 +110,7 @@ async def test_a_call_in_flight_when_stdin_ends_is_answered_before_the_gateway_e
     setup.manifest()
     gate = tmp_path / "gate"
     held = {"label": "piped", "gate_file": str(gate), "idempotency_key": new_key()}
-    requests = initialize() + INITIALIZED + call(2, "slow_op", held)
+    requests = initialize_lines() + call_line(2, "slow_op", held)
     if stdin_is == "file":  # a regular file: the gateway reads it with the SDK's own transport
         (tmp_path / "requests.jsonl").write_bytes(requests)
         source: Any = (tmp_path / "requests.jsonl").open("rb")
@@ -160,7 +140,7 @@ async def test_a_question_to_the_client_pending_when_stdin_ends_fails_at_once(tm
             assert process.stdin is not None
             output = Output(process)
             await process.stdin.send(
-                initialize({"elicitation": {}}) + INITIALIZED + call(2, "create_invoice", invoice)
+                initialize_lines({"elicitation": {}}) + call_line(2, "create_invoice", invoice)
             )
             await output.until(lambda m: m.get("method") == "elicitation/create")
             await process.stdin.aclose()  # the question can never be answered now

@@ -354,19 +354,18 @@ class _AnsweringReader(anyio.abc.ObjectReceiveStream[SessionMessage | Exception]
         self._closing: deque[SessionMessage] = deque()
 
     async def receive(self) -> SessionMessage | Exception:
+        if not self._seen.ended:
+            try:
+                item = await self._inner.receive()
+            except anyio.EndOfStream:
+                self._closing.extend(self._seen.end())
+            else:
+                self._seen.read(item)
+                return item
         if self._closing:
             return self._closing.popleft()
-        try:
-            item = await self._inner.receive()
-        except anyio.EndOfStream:
-            if not self._seen.ended:
-                self._closing.extend(self._seen.end())
-                if self._closing:
-                    return self._closing.popleft()
-            await self._seen.settled()
-            raise
-        self._seen.read(item)
-        return item
+        await self._seen.settled()
+        raise anyio.EndOfStream
 
     async def aclose(self) -> None:
         await self._inner.aclose()

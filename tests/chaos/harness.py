@@ -550,9 +550,8 @@ class Chaos:
             ("unavailable but ran", verdict.unavailable_ran),
         ):
             for key in keys[:limit]:
-                told = [a.answer for a in self.attempts if a.key == key]
-                lines.append(f"{title}: {tools.get(key)} {key} answers={told}")
                 attempts = [a for a in self.attempts if a.key == key]
+                lines.append(f"{title}: {tools.get(key)} {key} answers={[a.answer for a in attempts]}")
                 lines += [
                     f"  attempt replica {a.replica} {a.started:.3f}-{a.ended:.3f} {a.answer}"
                     for a in sorted(attempts, key=lambda a: a.started)

@@ -6,7 +6,6 @@ retry did or did not cause a second side effect. Each runs on every store backen
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -22,8 +21,10 @@ from mcp_types import CONNECTION_CLOSED
 from tests.support import (
     Setup,
     alive,
+    call_line,
     error_code,
     forwarded_key,
+    initialize_lines,
     meta_of,
     new_key,
     outcome,
@@ -366,19 +367,13 @@ async def test_a_client_whose_connection_drops_mid_call_is_like_finish(setup: Se
     key = new_key()
     args = {"label": "drop", "gate_file": str(gate), "idempotency_key": key}
     params = setup.gateway_params()
-    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c", "version": "0"}}
-    lines = [
-        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
-        {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "slow_op", "arguments": args}},
-    ]
     with anyio.fail_after(120), (setup.tmp / "gateway.stderr").open("wb") as errlog:
         process = await anyio.open_process(
             [params.command, *params.args], stdin=PIPE, stdout=PIPE, stderr=errlog, cwd=params.cwd
         )
         try:
             assert process.stdin is not None and process.stdout is not None
-            await process.stdin.send(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+            await process.stdin.send(initialize_lines() + call_line(2, "slow_op", args))
             await wait_for(lambda: len(setup.executions("slow_op")) == 1, timeout=60)
             await process.stdout.aclose()  # the connection is gone mid-call: nobody reads,
             await process.stdin.aclose()  # nobody writes
